@@ -1,0 +1,30 @@
+"""Shared fixtures: both anyio backends, captured logs, the loopback emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+pytest_plugins = ["tokenpool.testing.pytest_plugin"]
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param("trio", id="trio"),
+    ],
+)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on asyncio and on trio (anyio's own pytest plugin)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """The structlog events emitted during a test, as dicts."""
+    with structlog.testing.capture_logs() as events:
+        yield events

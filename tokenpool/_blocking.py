@@ -1,0 +1,122 @@
+"""A thread-safe, synchronous facade: the pool runs on its own event-loop thread."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._auth import SyncTokenAuth
+from ._exceptions import PoolStateError
+from ._pool import PoolStatistics, TokenPool
+from ._token import Token
+from .providers import Provider
+
+__all__ = ["BlockingTokenPool"]
+
+
+class BlockingTokenPool:
+    """A :class:`TokenPool` for threads and synchronous code (Celery tasks, scripts).
+
+    The pool lives on a private event-loop thread started by :meth:`start` (or
+    ``with``); every method is safe to call from any thread.  Create it in the
+    process that uses it: after ``fork()`` the loop thread does not exist in
+    the child, and using the pool there raises ``ForkedPoolError``.
+
+    Args:
+        providers: Name → provider adapter.
+        backend: ``"asyncio"`` (default) or ``"trio"`` for the loop thread.
+        backend_options: Passed to anyio (e.g. ``{"use_uvloop": True}``).
+        **pool_options: Any :class:`TokenPool` keyword argument.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        *,
+        backend: str = "asyncio",
+        backend_options: dict[str, Any] | None = None,
+        **pool_options: Any,
+    ) -> None:
+        self._pool = TokenPool(providers, **pool_options)
+        self._backend = backend
+        self._backend_options = backend_options
+        self._stack: contextlib.ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    def start(self) -> Self:
+        """Start the loop thread and open the pool (warming it up as configured)."""
+        if self._stack is not None:
+            raise PoolStateError("this BlockingTokenPool is already started")
+        stack = contextlib.ExitStack()
+        try:
+            portal = stack.enter_context(start_blocking_portal(self._backend, self._backend_options))
+            stack.enter_context(portal.wrap_async_context_manager(self._pool))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack, self._portal = stack, portal
+        return self
+
+    def close(self) -> None:
+        """Close the pool and stop the loop thread.  Idempotent."""
+        stack, self._stack, self._portal = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def pool(self) -> TokenPool:
+        """The underlying async pool (for code running on the pool's own loop)."""
+        return self._pool
+
+    def _require(self) -> BlockingPortal:
+        portal = self._portal
+        if portal is None:
+            raise PoolStateError("the BlockingTokenPool is not started (use 'with' or call start())")
+        return portal
+
+    def token(self, name: str, *, timeout: float | None = None) -> Token:
+        """A usable token for provider *name* (blocks only when the pool itself would)."""
+        portal = self._require()
+        return portal.call(lambda: self._pool.token(name, timeout=timeout))
+
+    def invalidate(self, name: str, token: Token) -> bool:
+        return self._require().call(self._pool.invalidate, name, token)
+
+    def refresh(self, name: str, *, timeout: float | None = None) -> Token:
+        return self._require().call(lambda: self._pool.refresh(name, timeout=timeout))
+
+    def replace_provider(self, name: str, provider: Provider, *, refresh: bool = True) -> Token | None:
+        return self._require().call(lambda: self._pool.replace_provider(name, provider, refresh=refresh))
+
+    def statistics(self) -> PoolStatistics:
+        return self._pool.statistics()
+
+    def auth(self, name: str) -> httpx.Auth:
+        """An ``httpx.Auth`` for ``httpx.Client``: bearer header, provider headers, one retry on 401."""
+        self._pool.api_headers(name)  # raises UnknownProviderError early
+        return SyncTokenAuth(
+            name,
+            get_token=self.token,
+            invalidate=self.invalidate,
+            api_headers=self._pool.api_headers,
+            report_401=self._report_401,
+        )
+
+    def _report_401(self, name: str, retried: bool) -> None:
+        self._pool._observer.downstream_unauthorized(name, retried=retried)
+
+    def __repr__(self) -> str:
+        return f"<BlockingTokenPool {'started' if self._portal else 'stopped'} {self._pool!r}>"

@@ -1,0 +1,122 @@
+"""Logs and metrics for the rare paths (refreshes, failures, invalidations, waiting).
+
+The hit path never comes here: cells count hits and misses in plain integers
+and :class:`~tokenpool._metrics.PoolMetrics` folds them into Prometheus
+counters periodically and at shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ._exceptions import (
+    CredentialsRejected,
+    InvalidTokenResponse,
+    TokenEndpointError,
+    TokenEndpointUnreachable,
+    TokenRequestError,
+)
+
+if TYPE_CHECKING:
+    from ._cell import Cell
+    from ._metrics import PoolMetrics
+    from ._token import Token
+
+__all__ = ["Observer", "failure_reason"]
+
+
+def failure_reason(error: TokenRequestError) -> str:
+    """A small, fixed vocabulary for the ``reason`` label."""
+    if isinstance(error, CredentialsRejected):
+        return "credentials_rejected"
+    if isinstance(error, InvalidTokenResponse):
+        return "invalid_response"
+    if isinstance(error, TokenEndpointError):
+        return "rate_limited" if error.status_code == 429 else "endpoint_error"
+    if isinstance(error, TokenEndpointUnreachable):
+        return "timeout" if "timed out" in error.message else "unreachable"
+    return "other"
+
+
+def outcome_of(error: TokenRequestError) -> str:
+    """The ``outcome`` label of the refresh-duration histogram."""
+    if isinstance(error, CredentialsRejected):
+        return "credentials_rejected"
+    if isinstance(error, InvalidTokenResponse):
+        return "invalid_response"
+    return "retryable_failure"
+
+
+class Observer:
+    """Turns cell events into structlog events and Prometheus samples."""
+
+    def __init__(self, logger: Any, metrics: PoolMetrics | None) -> None:
+        self.log = logger if logger is not None else structlog.get_logger("tokenpool")
+        self.metrics = metrics
+
+    @staticmethod
+    def _wall(cell: Cell, monotonic_instant: float) -> float:
+        """A monotonic instant of the cell's clock expressed as Unix time."""
+        return time.time() + (monotonic_instant - cell.clock.now())
+
+    def refresh_started(self, cell: Cell, attempt: int) -> None:
+        self.log.debug("token.refresh.start", provider=cell.name, attempt=attempt)
+        if self.metrics is not None:
+            self.metrics.attempt(cell.name)
+
+    def refresh_succeeded(self, cell: Cell, token: Token, duration: float) -> None:
+        self.log.info(
+            "token.refresh.success",
+            provider=cell.name,
+            duration=round(duration, 6),
+            expires_in=token.expires_in,
+            refresh_in=round(token.refresh_at - token.sent_at, 3),
+            remaining=round(token.expires_at - cell.clock.now(), 3),
+        )
+        if self.metrics is not None:
+            self.metrics.refreshed(cell.name, duration, expiry=self._wall(cell, token.expires_at))
+
+    def refresh_failed(self, cell: Cell, error: TokenRequestError, duration: float, delay: float) -> None:
+        token = cell.token
+        remaining = None if token is None else round(token.usable_until - cell.clock.now(), 3)
+        fields: dict[str, Any] = {
+            "provider": cell.name,
+            "attempt": cell.failures,
+            "duration": round(duration, 6),
+            "status": error.status_code,
+            "error_code": error.error_code,
+            "reason": failure_reason(error),
+            "error": str(error),
+            "retry_in": round(delay, 3),
+            "remaining": remaining,
+        }
+        if isinstance(error, CredentialsRejected):
+            self.log.error("token.refresh.credentials_rejected", **fields)
+        elif remaining is not None and remaining > delay:
+            # The current token outlives the backoff: nothing is lost yet.
+            self.log.warning("token.refresh.retry", **fields)
+        else:
+            self.log.error("token.refresh.failed", **fields)
+        if self.metrics is not None:
+            self.metrics.failed(
+                cell.name, duration, failure_reason(error), outcome_of(error), cell.failures, delay
+            )
+
+    def invalidated(self, cell: Cell, token: Token) -> None:
+        self.log.info(
+            "token.invalidated",
+            provider=cell.name,
+            remaining=round(token.expires_at - cell.clock.now(), 3),
+        )
+
+    def waiting(self, cell: Cell, delta: int) -> None:
+        if self.metrics is not None:
+            self.metrics.waiting(cell.name, delta)
+
+    def downstream_unauthorized(self, name: str, *, retried: bool) -> None:
+        self.log.warning("token.downstream_unauthorized", provider=name, retried=retried)
+        if self.metrics is not None:
+            self.metrics.downstream_unauthorized(name, retried=retried)

@@ -1,0 +1,74 @@
+"""Tokens: what a provider answered (:class:`TokenResponse`) and what the pool serves (:class:`Token`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["Token", "TokenResponse"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    """A token endpoint's answer, parsed and validated, with no notion of time.
+
+    Provider adapters return this; the pool's cell stamps it with the moment
+    the request was sent and the refresh policy to make a :class:`Token`.
+
+    Attributes:
+        access_token: The bearer credential (never shown in ``repr``).
+        token_type: Normalised to ``"Bearer"``.
+        expires_in: Lifetime in seconds as the provider returned it (or the
+            provider's documented default when the field was absent).
+        scope: Granted scopes, if the provider said.
+    """
+
+    access_token: str = field(repr=False)
+    expires_in: float
+    token_type: str = "Bearer"  # noqa: S105 - a token type, not a password
+    scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token with its schedule, in ``time.monotonic()`` seconds.
+
+    Immutable.  ``repr`` and ``str`` never show :attr:`access_token`.
+
+    Attributes:
+        access_token: The bearer credential.
+        token_type: Always ``"Bearer"`` today.
+        scope: Granted scopes, if the provider said.
+        expires_in: Lifetime in seconds, as returned by the provider.
+        sent_at: When the token request was sent; the lifetime counts from here.
+        refresh_at: When the pool renews it (``sent_at + r·L`` minus jitter,
+            within the policy's floor and cap).
+        expires_at: ``sent_at + expires_in``.
+        usable_until: ``expires_at`` minus the safety margin; the pool stops
+            handing the token out at this instant.
+    """
+
+    access_token: str = field(repr=False)
+    token_type: str
+    scope: str | None
+    expires_in: float
+    sent_at: float
+    refresh_at: float
+    expires_at: float
+    usable_until: float
+    authorization: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed once so that the auth flow does no string work per call.
+        object.__setattr__(self, "authorization", f"{self.token_type} {self.access_token}")
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def remaining(self, now: float) -> float:
+        """Seconds until :attr:`expires_at` as seen at monotonic time *now*."""
+        return self.expires_at - now
+
+    def replace(self, **changes: float) -> Token:
+        """Return a copy with some timing fields changed (used by tests and invalidation)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
