@@ -124,7 +124,9 @@ def endpoint(clock: ManualClock) -> ScriptedEndpoint:
     return ScriptedEndpoint(clock)
 
 
-async def test_concurrent_cold_callers_share_one_request(clock: ManualClock, endpoint: ScriptedEndpoint) -> None:
+async def test_concurrent_cold_callers_share_one_request(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
     cell = make_cell(clock, endpoint)
     endpoint.gate = anyio.Event()
     results: list[Token] = []
@@ -286,7 +288,8 @@ async def test_a_waiter_that_gives_up_does_not_cancel_the_refresh(
             assert cell.refreshing
             endpoint.gate.set()
     assert len(endpoint.calls) == 1
-    assert got and got[0].access_token == "tok-1"
+    assert got
+    assert got[0].access_token == "tok-1"
     assert cell.waiting == 0
 
 
@@ -332,7 +335,8 @@ async def test_outage_shorter_than_the_headroom_fails_no_call(
             t += 0.5
         assert failures == 0
         assert cell.failures == 0
-        assert cell.token is not None and cell.token.sent_at >= endpoint.fail_until
+        assert cell.token is not None
+        assert cell.token.sent_at >= endpoint.fail_until
 
 
 async def test_longer_outage_gives_typed_errors_and_a_bounded_number_of_requests(

@@ -9,7 +9,9 @@ import pytest
 from tokenpool import ConfigurationError, RefreshPolicy, Token, TokenResponse
 
 
-def stamp(lifetime: float, *, u: float = 0.0, policy: RefreshPolicy | None = None, sent_at: float = 100.0) -> Token:
+def stamp(
+    lifetime: float, *, u: float = 0.0, policy: RefreshPolicy | None = None, sent_at: float = 100.0
+) -> Token:
     policy = policy or RefreshPolicy()
     return policy.stamp(TokenResponse(access_token="t", expires_in=lifetime), sent_at=sent_at, u=u)
 
@@ -25,7 +27,9 @@ def stamp(lifetime: float, *, u: float = 0.0, policy: RefreshPolicy | None = Non
         (2.0, 1.6, 0.1),  # …so a 2 s token still has a usable window after its refresh point
     ],
 )
-def test_refresh_point_and_margin_without_jitter(lifetime: float, refresh_after: float, margin: float) -> None:
+def test_refresh_point_and_margin_without_jitter(
+    lifetime: float, refresh_after: float, margin: float
+) -> None:
     token = stamp(lifetime, u=0.0)
     assert token.sent_at == 100.0
     assert token.expires_at == 100.0 + lifetime

@@ -65,7 +65,8 @@ class BlockingTokenPool:
     def close(self) -> None:
         """Close the pool and stop the loop thread.  Idempotent."""
         stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None:
+        if stack is not None and self._pool._state != "forked":
+            # In a forked child the loop thread is gone; there is nothing to stop.
             stack.close()
 
     def __enter__(self) -> Self:
@@ -82,6 +83,9 @@ class BlockingTokenPool:
         return self._pool
 
     def _require(self) -> BlockingPortal:
+        if self._pool._state == "forked":
+            # The loop thread does not exist in a forked child: fail, don't hang.
+            raise self._pool._state_error()
         portal = self._portal
         if portal is None:
             raise PoolStateError("the BlockingTokenPool is not started (use 'with' or call start())")
@@ -103,6 +107,9 @@ class BlockingTokenPool:
 
     def statistics(self) -> PoolStatistics:
         return self._pool.statistics()
+
+    def api_headers(self, name: str) -> Mapping[str, str]:
+        return self._pool.api_headers(name)
 
     def auth(self, name: str) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.Client``: bearer header, provider headers, one retry on 401."""

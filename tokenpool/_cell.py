@@ -70,6 +70,7 @@ class Cell:
         "misses",
         "name",
         "provider",
+        "requests",
         "token",
         "waiting",
     )
@@ -93,6 +94,8 @@ class Cell:
         self.hits = 0
         self.misses = 0
         self.waiting = 0
+        #: Token requests sent by this cell (successful or not).
+        self.requests = 0
         self._fetch = fetch
         self._observer = observer
         self._rng = rng
@@ -256,6 +259,7 @@ class Cell:
         self._demand = False
         provider = self.provider
         attempt = self._failures + 1
+        self.requests += 1
         self._observer.refresh_started(self, attempt)
         sent_at = self.clock.now()
         try:

@@ -26,10 +26,23 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 if TYPE_CHECKING:
     from ._cell import Cell
 
-__all__ = ["REFRESH_BUCKETS", "PoolMetrics"]
+__all__ = ["FAILURE_REASONS", "OUTCOMES", "REFRESH_BUCKETS", "PoolMetrics"]
 
 #: 5 ms (a loopback token endpoint) to 30 s (a struggling one, two request timeouts).
 REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
+
+#: Every ``reason`` label value of ``tokenpool_refresh_failures_total`` (see ``_observe.failure_reason``).
+FAILURE_REASONS = (
+    "credentials_rejected",
+    "invalid_response",
+    "rate_limited",
+    "endpoint_error",
+    "timeout",
+    "unreachable",
+    "other",
+)
+#: Every ``outcome`` label value of ``tokenpool_refresh_duration_seconds`` (see ``_observe.outcome_of``).
+OUTCOMES = ("success", "retryable_failure", "credentials_rejected", "invalid_response")
 
 
 class _Series:
@@ -172,8 +185,17 @@ class PoolMetrics:
             self.series.retries.labels(provider).inc()
 
     def touch(self, provider: str) -> None:
-        """Create every labelled child for *provider* so series exist (as 0) from the start."""
+        """Create every labelled child for *provider* so series exist (as 0) from the start.
+
+        Including one per failure reason and per refresh outcome: a counter
+        series born at 1 is no increase to ``rate()``/``increase()``, so the
+        first failure of a kind would never show on a dashboard or in an alert.
+        """
         s = self.series
         for metric in (s.hits, s.misses, s.attempts, s.unauthorized, s.retries, s.waiting, s.backoff):
             metric.labels(provider)
         s.consecutive_failures.labels(provider)
+        for reason in FAILURE_REASONS:
+            s.failures.labels(provider, reason)
+        for outcome in OUTCOMES:
+            s.refresh_duration.labels(provider, outcome)

@@ -65,6 +65,7 @@ class CellStatistics:
     kind: str
     hits: int
     misses: int
+    token_requests: int
     waiting: int
     refreshing: bool
     consecutive_failures: int
@@ -87,6 +88,10 @@ class PoolStatistics:
     @property
     def misses(self) -> int:
         return sum(c.misses for c in self.cells.values())
+
+    @property
+    def token_requests(self) -> int:
+        return sum(c.token_requests for c in self.cells.values())
 
 
 class TokenPool:
@@ -387,6 +392,7 @@ class TokenPool:
                 kind=cell.provider.kind,
                 hits=cell.hits,
                 misses=cell.misses,
+                token_requests=cell.requests,
                 waiting=cell.waiting,
                 refreshing=cell.refreshing,
                 consecutive_failures=cell.failures,

@@ -32,7 +32,7 @@ class ClientCertificate:
 
     cert_file: str
     key_file: str | None = None
-    password: Secret | None = dataclasses.field(default=None)
+    password: Secret | str | None = dataclasses.field(default=None)
 
     def __post_init__(self) -> None:
         for name in ("cert_file", "key_file"):
@@ -48,7 +48,7 @@ class ClientCertificate:
             context.load_cert_chain(
                 self.cert_file,
                 self.key_file,
-                password=self.password.reveal() if self.password else None,
+                password=self.password.reveal() if isinstance(self.password, Secret) else None,
             )
         except (ssl.SSLError, OSError) as exc:
             # Only the file names are shown, never their content.

@@ -11,13 +11,20 @@ from typing import Literal, Self
 
 import httpx
 
-from .._exceptions import ConfigurationError
-from .._secret import Secret
+from .._exceptions import ConfigurationError, TokenRequestError
+from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
 from .._urls import require_secure_url
 from ._base import Provider, coerce_secret, require_policy, require_text
-from ._parse import error_for_status, error_in_body, json_object, parse_expires_in, standard_token
+from ._parse import (
+    error_for_status,
+    error_in_body,
+    json_object,
+    parse_expires_in,
+    scrub_error,
+    standard_token,
+)
 
 __all__ = ["ClientCredentials"]
 
@@ -50,7 +57,7 @@ class ClientCredentials(Provider):
 
     token_url: httpx.URL
     client_id: str
-    client_secret: Secret
+    client_secret: Secret | str
     auth_method: AuthMethod = "client_secret_basic"
     scope: str | None = None
     extra_params: Mapping[str, str] = field(default_factory=dict)
@@ -88,7 +95,7 @@ class ClientCredentials(Provider):
             form["scope"] = self.scope
         form.update(self.extra_params)
         headers = {"Accept": "application/json", **self.headers}
-        secret = self.client_secret.reveal()
+        secret = as_secret(self.client_secret).reveal()
         if self.auth_method == "client_secret_basic":
             quote = urllib.parse.quote_plus
             pair = f"{quote(self.client_id)}:{quote(secret)}".encode()
@@ -99,6 +106,12 @@ class ClientCredentials(Provider):
         return httpx.Request("POST", self.token_url, data=form, headers=headers)
 
     def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
+        try:
+            return self._parse(status_code, headers, body)
+        except TokenRequestError as exc:
+            raise scrub_error(exc, self._secrets()) from None
+
+    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check client_id/client_secret for {self.token_url.host} and auth_method={self.auth_method!r}"
         if status_code != 200:
             raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=self._secrets())
@@ -117,5 +130,6 @@ class ClientCredentials(Provider):
         return dataclasses.replace(
             self,
             client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else Secret(client_secret),
+            # A str goes through __post_init__'s checks (ConfigurationError, not ValueError).
+            client_secret=self.client_secret if client_secret is None else client_secret,
         )

@@ -8,6 +8,8 @@ checks that with hypothesis).
 
 from __future__ import annotations
 
+import base64
+import copy
 import email.utils
 import json
 import math
@@ -15,20 +17,31 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpx
+
 from .._exceptions import (
+    ConfigurationError,
     CredentialsRejected,
     InvalidTokenResponse,
     TokenEndpointError,
     TokenRequestError,
 )
 from .._token import TokenResponse
+from .._urls import require_secure_url
 
 __all__ = [
     "MAX_EXPIRES_IN",
+    "basic_authorization",
+    "endpoint_url",
     "error_for_status",
+    "json_body",
     "json_object",
     "parse_expires_in",
+    "require_header_value",
+    "require_path_segment",
     "retry_after_seconds",
+    "safe_text",
+    "scrub_error",
     "standard_token",
 ]
 
@@ -174,8 +187,11 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     if raw is None:
         return None
     raw = raw.strip()
-    if raw.isdigit():
-        return float(min(int(raw), 86_400))
+    # isascii() too: "²".isdigit() is True but int() refuses it.  Long digit
+    # strings are capped before int(), which refuses more than 4300 digits.
+    if raw.isascii() and raw.isdigit():
+        digits = raw.lstrip("0") or "0"
+        return 86_400.0 if len(digits) > 5 else float(min(int(digits), 86_400))
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -195,8 +211,8 @@ def error_fields(
     code = data.get("error") or data.get("code") or data.get("errorCode")
     description = data.get("error_description") or data.get("message") or data.get("detail")
     secrets = list(secrets)
-    code_text = scrub(_printable(str(code), 64), secrets) if isinstance(code, str | int) else None
-    desc_text = scrub(_printable(str(description)), secrets) if isinstance(description, str) else None
+    code_text = safe_text(str(code), secrets, 64) if isinstance(code, str | int) else None
+    desc_text = safe_text(description, secrets) if isinstance(description, str) else None
     return code_text, desc_text
 
 
@@ -254,3 +270,91 @@ def error_in_body(
     if isinstance(error, str) and error in CREDENTIAL_ERROR_CODES:
         return CredentialsRejected(message, status_code=status_code, error_code=code, hint=credentials_hint)
     return InvalidTokenResponse(message, status_code=status_code, error_code=code)
+
+
+# Helpers shared by the provider adapters' request builders and parsers.
+
+#: Shortest secret that :func:`scrub_error` removes from finished messages.
+MIN_BACKSTOP_SCRUB = 8
+
+
+def safe_text(text: str, secrets: Iterable[str], limit: int = 200) -> str:
+    """Server-supplied *text* made fit for a message: secrets scrubbed first, then printable and truncated.
+
+    Scrubbing before truncating matters: a cut through the middle of an echoed
+    secret would leave a prefix that no longer matches.
+    """
+    return _printable(scrub(text, secrets), limit)
+
+
+def scrub_error(error: TokenRequestError, secrets: Iterable[str]) -> TokenRequestError:
+    """*error*, or a copy of it with every secret removed from its message, hint and error code.
+
+    Adapters pass every error through this on the way out, so a secret that a
+    server echoed into a field no other helper scrubs (``expires_in``,
+    ``token_type``…) still never reaches a log line.  This backstop skips
+    secrets shorter than :data:`MIN_BACKSTOP_SCRUB` characters: those would
+    also match our own wording (a test secret ``"secret"`` would mangle the
+    hint ``client_secret=...``), and are no secret worth the name.
+    """
+    secrets = [secret for secret in secrets if len(secret) >= MIN_BACKSTOP_SCRUB]
+    texts = [text for text in (error.message, error.hint, error.error_code) if text]
+    if not any(secret in text for secret in secrets for text in texts):
+        return error
+    clean = copy.copy(error)
+    clean.message = scrub(error.message, secrets)
+    clean.hint = scrub(error.hint, secrets) if error.hint else error.hint
+    clean.error_code = scrub(error.error_code, secrets) if error.error_code else error.error_code
+    clean.args = (clean.message,)
+    return clean
+
+
+def endpoint_url(base_url: str, path: str, *, what: str) -> httpx.URL:
+    """``base_url`` with *path* appended (``https`` unless loopback; no query or fragment)."""
+    base = require_secure_url(base_url, what=what)
+    if base.query or base.fragment:
+        raise ConfigurationError(f"{what}: must not have a query or fragment")
+    return require_secure_url(str(base).rstrip("/") + path, what=what)
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` value built from the raw ``user:password`` (RFC 7617).
+
+    Raw, as curl ``-u``, Python requests ``auth=()``, axios ``auth`` and
+    Spring's ``setBasicAuth`` build it -- not form-urlencoded first as RFC 6749
+    §2.3.1 asks (that differs only when a credential holds a character such as
+    ``+``, ``%``, ``:`` or a space).  Encoded as UTF-8 (RFC 7617's ``charset``,
+    curl, Node); requests and Spring use Latin-1, which differs only for
+    non-ASCII credentials.
+    """
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def json_body(payload: Mapping[str, str]) -> bytes:
+    """Compact JSON bytes, non-ASCII escaped (plain ASCII on the wire for any server)."""
+    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
+def require_path_segment(owner: object, name: str) -> None:
+    """Insist that a str setting can be one URL path segment or header token.
+
+    Non-empty, no ``/``, no whitespace or control characters, not ``.`` or
+    ``..`` (URL normalisation would remove those from the path).
+    """
+    value = getattr(owner, name)
+    label = f"{type(owner).__name__}.{name}"
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{label} must be a non-empty string")
+    if "/" in value or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ConfigurationError(f"{label} must not contain '/', whitespace or control characters")
+    if value in {".", ".."}:
+        raise ConfigurationError(f"{label} must not be '.' or '..'")
+
+
+def require_header_value(owner: object, name: str) -> None:
+    """Insist that a str setting is a non-empty run of visible ASCII, safe as an HTTP header value."""
+    value = getattr(owner, name)
+    if not isinstance(value, str) or not value or not all(33 <= ord(ch) <= 126 for ch in value):
+        raise ConfigurationError(
+            f"{type(owner).__name__}.{name} must be a non-empty string of visible ASCII characters"
+        )

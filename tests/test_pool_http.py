@@ -1,0 +1,429 @@
+"""The pool against a real token server on loopback, over real HTTP (HTTP/1.1, HTTP/2, TLS).
+
+Counts come from the emulator's own stats, so "exactly one token request" is
+what the server saw, not what the client believes it sent.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tokenpool import (
+    BlockingTokenPool,
+    ConfigurationError,
+    CredentialsRejected,
+    ForkedPoolError,
+    InsecureTransportError,
+    InvalidTokenResponse,
+    ManualClock,
+    PoolStateError,
+    RefreshPolicy,
+    Token,
+    TokenEndpointError,
+    TokenEndpointUnreachable,
+    TokenPool,
+    TokenRequestError,
+    TokenWaitTimeout,
+    UnknownProviderError,
+)
+from tokenpool.providers import ClientCredentials
+from tokenpool.testing import EmulatorProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+def generic(emulator: EmulatorProcess, *, tls: bool = True, **kwargs: Any) -> ClientCredentials:
+    client_id, client_secret = emulator.credentials("generic")
+    return ClientCredentials(
+        token_url=f"{emulator.url('generic', tls=tls)}/oauth/token",
+        client_id=client_id,
+        client_secret=client_secret,
+        **kwargs,
+    )
+
+
+def token_requests(emulator: EmulatorProcess, provider: str = "generic") -> int:
+    return int(emulator.stats()["providers"][provider]["token_requests"])
+
+
+def resource_stats(emulator: EmulatorProcess, provider: str = "generic") -> dict[str, Any]:
+    stats: dict[str, Any] = emulator.stats()["providers"][provider]
+    return stats
+
+
+async def until(condition: Callable[[], bool], *, timeout: float = 15.0) -> None:
+    """Poll *condition* (bounded); the deadline is a safety net, not an assertion about speed."""
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 - polls state another process changes
+            await anyio.sleep(0.01)
+
+
+async def settle(pool: TokenPool, name: str = "acme") -> None:
+    """Let the cell react to a clock change, then wait for its HTTP request (if any) to finish."""
+    await anyio.wait_all_tasks_blocked()
+    cell = pool._all_cells[name]
+    await until(lambda: not cell.refreshing)
+
+
+def pool_for(emulator: EmulatorProcess, **kwargs: Any) -> TokenPool:
+    providers = kwargs.pop("providers", None) or {"acme": generic(emulator)}
+    kwargs.setdefault("metrics", False)
+    return TokenPool(providers, ca_file=emulator.ca_file, **kwargs)
+
+
+async def test_ten_thousand_cold_callers_cause_exactly_one_token_request(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", latency=0.3)  # keep the request open while everyone piles up
+    results: list[Token] = []
+
+    async def caller(pool: TokenPool) -> None:
+        results.append(await pool.token("acme"))
+
+    async with pool_for(emulator, warm_up="lazy") as pool, anyio.create_task_group() as tg:
+        for _ in range(10_000):
+            tg.start_soon(caller, pool)
+    assert len(results) == 10_000
+    assert len({token.access_token for token in results}) == 1
+    assert token_requests(emulator) == 1
+    assert pool.statistics().cells["acme"].misses == 10_000
+
+
+async def test_all_cold_callers_receive_the_one_error(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", status=401, latency=0.2)
+    errors: list[BaseException] = []
+
+    async def caller(pool: TokenPool) -> None:
+        try:
+            await pool.token("acme")
+        except CredentialsRejected as exc:
+            errors.append(exc)
+
+    async with pool_for(emulator, warm_up="lazy") as pool, anyio.create_task_group() as tg:
+        for _ in range(1_000):
+            tg.start_soon(caller, pool)
+    assert len(errors) == 1_000
+    assert len({id(e) for e in errors}) == 1_000  # each caller raises its own copy
+    assert all(e.provider == "acme" and e.status_code == 401 for e in errors)  # type: ignore[attr-defined]
+    assert token_requests(emulator) == 1
+
+
+class BoundedTransport(httpx.AsyncBaseTransport):
+    """At most *limit* requests handed to httpcore at once, FIFO (see PEERS.md's pool trap).
+
+    It sits below the auth flow, so every queued request already carries its token.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._slots = anyio.Semaphore(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._slots:
+            response = await self._inner.handle_async_request(request)
+            await response.aread()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_thousand_concurrent_401s_on_one_token_cause_one_refresh(emulator: EmulatorProcess) -> None:
+    async with pool_for(emulator) as pool:
+        first = await pool.token("acme")
+        assert token_requests(emulator) == 1
+        emulator.revoke_tokens("generic")
+        emulator.fault("generic", latency=0.3)  # the refresh stays in flight while the 401s arrive
+        statuses: list[int] = []
+        transport = BoundedTransport(httpx.AsyncHTTPTransport(verify=_ssl(emulator)), 50)
+        async with httpx.AsyncClient(auth=pool.auth("acme"), transport=transport, timeout=60) as client:
+            url = f"{emulator.url('generic')}/api/resource"
+
+            async def call() -> None:
+                response = await client.post(url, content=b"payout-123")
+                statuses.append(response.status_code)
+                assert response.json()["body_bytes"] == len(b"payout-123")  # replay carried the body
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(1_000):
+                    tg.start_soon(call)
+        assert statuses == [200] * 1_000
+        assert token_requests(emulator) == 2
+        stats = resource_stats(emulator)
+        assert sum(stats["resource_401"].values()) == 1_000
+        assert (await pool.token("acme")) is not first
+
+
+def _ssl(emulator: EmulatorProcess) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=emulator.ca_file)
+
+
+async def test_requests_go_over_http2_and_tls(emulator: EmulatorProcess) -> None:
+    async with pool_for(emulator) as pool:
+        client = pool._client_for(pool._all_cells["acme"].provider)
+        response = await client.get(f"{emulator.url('generic')}/api/resource")
+        assert response.http_version == "HTTP/2"
+        assert response.status_code == 401  # no token on this one: the resource checks
+
+
+def scripted_pool(emulator: EmulatorProcess, clock: ManualClock, **policy: float) -> TokenPool:
+    provider = generic(emulator, refresh=RefreshPolicy(jitter=0.0, **policy))
+    return pool_for(emulator, providers={"acme": provider}, clock=clock, rng=random.Random(7))
+
+
+async def test_outage_shorter_than_the_headroom_fails_no_call(emulator: EmulatorProcess) -> None:
+    clock = ManualClock()
+    async with scripted_pool(emulator, clock) as pool:
+        first = await pool.token("acme")
+        assert first.expires_in == 600
+        cell = pool._all_cells["acme"]
+        emulator.fault("generic", status=503, count=4)
+        failures = 0
+        t = first.refresh_at
+        while t < first.usable_until:
+            clock.set(t)
+            await settle(pool)
+            try:
+                await pool.token("acme")
+            except TokenRequestError:
+                failures += 1
+            t += 1.0
+        assert failures == 0
+        assert token_requests(emulator) == 1 + 5  # 4 failures, then the refresh that worked
+        assert cell.token is not first
+        assert cell.failures == 0
+
+
+async def test_longer_outage_gives_typed_errors_and_bounded_requests(emulator: EmulatorProcess) -> None:
+    clock = ManualClock()
+    async with scripted_pool(emulator, clock) as pool:
+        first = await pool.token("acme")
+        cell = pool._all_cells["acme"]
+        emulator.fault("generic", status=503, retry_after="2")
+        outage_end = first.usable_until + 300.0
+        errors: list[TokenRequestError] = []
+        t = first.refresh_at
+        while t < outage_end:
+            clock.set(t)
+            await settle(pool)
+            try:
+                await pool.token("acme")
+            except TokenRequestError as exc:
+                errors.append(exc)
+            t += 2.0
+        sent = token_requests(emulator) - 1
+        # Typed errors, after the still-valid token ran out, and only then.
+        assert errors
+        assert all(isinstance(e, TokenEndpointError) and e.status_code == 503 for e in errors)
+        assert len(errors) <= math.ceil((outage_end - first.usable_until) / 2.0) + 1
+        # Bounded by the backoff: one request per 2 s step at the very most, far fewer once capped.
+        assert sent <= math.ceil((outage_end - first.refresh_at) / 2.0)
+        assert sent >= 10
+        emulator.clear_faults()
+        clock.set(outage_end + RefreshPolicy().backoff_cap)
+        await settle(pool)
+        await until(lambda: cell.token is not None and cell.token.sent_at >= outage_end)
+        assert (await pool.token("acme")).sent_at >= outage_end
+
+
+async def test_a_waiter_that_gives_up_does_not_cancel_the_request(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", latency=0.5)
+    async with pool_for(emulator, warm_up="lazy") as pool:
+        with pytest.raises(TokenWaitTimeout):
+            await pool.token("acme", timeout=0.05)
+        with anyio.move_on_after(0.05):
+            await pool.token("acme")
+        token = await pool.token("acme")
+        assert token.access_token
+    assert token_requests(emulator) == 1
+
+
+async def test_shutdown_with_a_request_in_flight_is_clean(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", latency=2.0)
+    errors: list[BaseException] = []
+    pool = pool_for(emulator, warm_up="lazy")
+
+    async def waiter() -> None:
+        try:
+            await pool.token("acme")
+        except PoolStateError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg, pool:
+        tg.start_soon(waiter)
+        await until(lambda: pool._all_cells["acme"].refreshing)
+    assert len(errors) == 1
+    with pytest.raises(PoolStateError, match="closed"):
+        await pool.token("acme")
+    assert pool._clients == {}
+
+
+async def test_errors_for_misuse(emulator: EmulatorProcess) -> None:
+    pool = pool_for(emulator, warm_up="lazy")
+    with pytest.raises(PoolStateError, match="not open"):
+        await pool.token("acme")
+    async with pool:
+        with pytest.raises(UnknownProviderError, match=r"'nope'.*'acme'"):
+            await pool.token("nope")
+        with pytest.raises(UnknownProviderError):
+            pool.auth("nope")
+        async with httpx.AsyncClient(auth=pool.auth("acme")) as client:
+            with pytest.raises(InsecureTransportError):
+                await client.get("http://example.invalid/api")  # refused before any I/O
+    with pytest.raises(PoolStateError):
+        async with pool:
+            pass
+    with pytest.raises(ConfigurationError, match="https is required"):
+        ClientCredentials(token_url="http://auth.example.com/token", client_id="a", client_secret="b")
+
+
+@pytest.mark.parametrize(
+    ("malformed", "error"),
+    [
+        ("html", InvalidTokenResponse),
+        ("not_json", InvalidTokenResponse),
+        ("missing_access_token", InvalidTokenResponse),
+        ("bad_expires_in", InvalidTokenResponse),
+        ("zero_expires_in", InvalidTokenResponse),
+        ("wrong_token_type", InvalidTokenResponse),
+    ],
+)
+async def test_malformed_answers_are_typed_errors(
+    emulator: EmulatorProcess, malformed: str, error: type[TokenRequestError]
+) -> None:
+    emulator.fault("generic", malformed=malformed, count=1)
+    async with pool_for(emulator, warm_up="lazy") as pool:
+        with pytest.raises(error) as info:
+            await pool.token("acme")
+        assert info.value.provider == "acme"
+
+
+async def test_dropped_connection_is_unreachable_not_a_crash(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", drop=True, count=1)
+    async with pool_for(emulator, warm_up="lazy") as pool:
+        with pytest.raises(TokenEndpointUnreachable):
+            await pool.token("acme")
+
+
+async def test_warm_up_fetches_every_provider_concurrently(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", latency=0.3)
+    providers = {f"tenant-{i}": generic(emulator) for i in range(20)}
+    async with pool_for(emulator, providers=providers) as pool:
+        stats = pool.statistics()
+        assert all(cell.has_token for cell in stats.cells.values())
+        assert emulator.stats()["providers"]["generic"]["max_concurrent_token_requests"] > 1
+    assert token_requests(emulator) == 20
+
+
+async def test_rotated_credentials_are_swapped_in_without_a_failed_call(emulator: EmulatorProcess) -> None:
+    async with pool_for(emulator) as pool:
+        before = await pool.token("acme")
+        new_secret = emulator.rotate_secret("generic")
+        provider = pool._all_cells["acme"].provider
+        assert isinstance(provider, ClientCredentials)
+        fresh = await pool.replace_provider("acme", provider.with_credentials(client_secret=new_secret))
+        assert fresh is not None
+        assert fresh is not before
+        assert (await pool.token("acme")) is fresh
+
+
+def test_blocking_pool_from_many_threads(emulator: EmulatorProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    emulator.fault("generic", latency=0.2)
+    with BlockingTokenPool(
+        {"acme": generic(emulator)}, warm_up="lazy", ca_file=emulator.ca_file, metrics=False
+    ) as pool:
+        with ThreadPoolExecutor(max_workers=20) as executor:
+            tokens = list(executor.map(lambda _: pool.token("acme"), range(200)))
+        assert len({t.access_token for t in tokens}) == 1
+        emulator.revoke_tokens("generic")
+        with httpx.Client(auth=pool.auth("acme"), verify=_ssl(emulator)) as client:
+            response = client.post(f"{emulator.url('generic')}/api/resource", content=b"abc")
+        assert response.status_code == 200
+        assert response.json()["body_bytes"] == 3
+    assert token_requests(emulator) == 2
+    with pytest.raises(PoolStateError):
+        pool.token("acme")
+
+
+def _child_uses_pool(pool: BlockingTokenPool, queue: Any) -> None:
+    try:
+        pool.token("acme")
+    except ForkedPoolError as exc:
+        queue.put(("forked", str(exc)))
+    except BaseException as exc:
+        queue.put(("other", repr(exc)))
+    else:
+        queue.put(("no error", ""))
+
+
+def test_a_pool_used_after_fork_raises_a_clear_error(emulator: EmulatorProcess) -> None:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with BlockingTokenPool({"acme": generic(emulator)}, ca_file=emulator.ca_file, metrics=False) as pool:
+        pool.token("acme")
+        child = context.Process(target=_child_uses_pool, args=(pool, queue))
+        child.start()
+        child.join(30)
+        outcome, message = queue.get(timeout=5)
+        # The parent's pool is untouched by the child.
+        assert pool.token("acme").access_token
+    assert child.exitcode == 0
+    assert outcome == "forked", message
+    assert "fork" in message
+    assert "create a new pool in the child" in message
+
+
+async def test_async_pool_in_a_forked_child_raises(emulator: EmulatorProcess) -> None:
+    pool = pool_for(emulator)
+    async with pool:
+        await pool.token("acme")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                pool._require_open()
+            except ForkedPoolError:
+                code = 7
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - the child exits at once
+    assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_runs_on_uvloop(emulator: EmulatorProcess) -> None:
+    pytest.importorskip("uvloop")
+
+    async def main() -> int:
+        async with pool_for(emulator, warm_up="lazy") as pool:
+            tokens = await _gather(pool.token, 500)
+        return len({t.access_token for t in tokens})
+
+    assert anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True}) == 1
+    assert token_requests(emulator) == 1
+
+
+async def _gather(fn: Callable[[str], Awaitable[Token]], n: int) -> list[Token]:
+    out: list[Token] = []
+
+    async def one() -> None:
+        out.append(await fn("acme"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return out
+
+
+def test_monotonic_clock_is_the_default() -> None:
+    assert abs(TokenPool({})._now() - time.monotonic()) < 1.0

@@ -1,0 +1,150 @@
+"""The ``tokenpool`` command: ``demo``, ``check``, ``emulator``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import anyio
+
+from ._exceptions import ConfigurationError, TokenPoolError, TokenRequestError
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+tokenpool keeps a valid OAuth2 client-credentials token ready for every worker
+process and every payment provider.
+
+commands:
+  demo       run a small fleet against the built-in loopback emulator and report 401s
+  check      fetch one token per provider in a TOML config and print a table
+  emulator   run the loopback provider emulator (for your own tests)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenpool", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tokenpool {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a fleet of worker processes against the loopback emulator",
+        description=(
+            "Start the loopback emulator of all five providers, run WORKERS processes × TASKS "
+            "concurrent tasks per provider calling each provider's protected API through "
+            "pool.auth() with lifetimes compressed so every token is renewed many times, "
+            "then print a summary. Exits 1 if any call failed with 401."
+        ),
+    )
+    from ._demo import add_demo_arguments
+
+    add_demo_arguments(demo)
+
+    check = commands.add_parser(
+        "check",
+        help="fetch one token per provider in CONFIG and print a table",
+        description=(
+            "Read a TOML config (secrets come from environment variables), fetch one token from "
+            "every provider concurrently and print provider, status, lifetime, latency and the "
+            "error with a hint. Exits 1 if any provider failed."
+        ),
+    )
+    check.add_argument("config", help="path to a TOML config file")
+    check.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for each provider (default 20)"
+    )
+
+    commands.add_parser(
+        "emulator",
+        help="run the loopback provider emulator (options: tokenpool emulator --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error() exits
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        try:
+            from .testing._server import main as emulator_main
+        except ImportError as exc:
+            print(f"tokenpool emulator needs the testing extra: pip install 'tokenpool[testing]' ({exc})")
+            return 2
+        return emulator_main(args_list[1:], prog="tokenpool emulator")
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "check":
+            return anyio.run(_check, args.config, args.timeout, sys.stdout)
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo(args)
+    except ConfigurationError as exc:
+        print(f"tokenpool: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokenpool: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")  # exits
+
+
+async def _check(path: str, timeout: float, out: TextIO) -> int:
+    from ._config import load_config
+    from ._pool import TokenPool
+
+    config = load_config(path)
+    options = dict(config.pool_options)
+    options["warm_up"] = "lazy"
+    rows: dict[str, tuple[str, str, str, str]] = {}
+
+    async def one(pool: TokenPool, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            token = await pool.token(name, timeout=timeout)
+        except TokenRequestError as exc:
+            status = f"HTTP {exc.status_code}" if exc.status_code else type(exc).__name__
+            detail = exc.message + (f" (error={exc.error_code})" if exc.error_code else "")
+            if exc.hint:
+                detail += f"; hint: {exc.hint}"
+            rows[name] = (f"FAIL {status}", "-", _ms(started), detail)
+        except TokenPoolError as exc:
+            rows[name] = ("FAIL", "-", _ms(started), str(exc))
+        else:
+            rows[name] = ("ok", f"{token.expires_in:g} s", _ms(started), "")
+
+    async with TokenPool(config.providers, metrics=False, **options) as pool, anyio.create_task_group() as tg:
+        for name in config.providers:
+            tg.start_soon(one, pool, name)
+    header = ("provider", "status", "lifetime", "latency", "error")
+    table = [header, *[(name, *rows[name]) for name in config.providers]]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4],
+            file=out,
+        )
+    return 0 if all(row[0] == "ok" for row in rows.values()) else 1
+
+
+def _ms(started: float) -> str:
+    return f"{(time.perf_counter() - started) * 1000:.0f} ms"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

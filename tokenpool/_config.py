@@ -1,0 +1,223 @@
+"""TOML configuration: providers by name, secrets from the environment only.
+
+Example::
+
+    [pool]
+    warm_up = "wait"                  # any TokenPool keyword that is a plain value
+
+    [providers.payouts]
+    type = "zertiban"
+    client_id = "my-client"
+    client_secret = "${ZERTIBAN_CLIENT_SECRET}"
+    business_uuid = "5f0c…"
+
+    [providers.payouts.refresh]       # optional RefreshPolicy fields
+    ratio = 0.8
+
+``${NAME}`` is replaced by the environment variable ``NAME`` in any string.
+Secret-bearing keys (``client_secret``, ``key_password``) *must* be such a
+reference: a literal secret in a file is refused, because files get committed,
+copied and attached to tickets.  Every error names the provider and the key
+and never repeats a secret's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ConfigurationError
+from ._timing import RefreshPolicy
+from .providers import ClientCertificate, Provider
+
+__all__ = ["Config", "load_config", "parse_config"]
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+SECRET_KEYS = frozenset({"client_secret", "key_password"})
+#: Keys that describe a client certificate rather than a provider field.
+CERT_KEYS = frozenset({"cert_file", "key_file", "key_password"})
+POOL_KEYS = frozenset(
+    {"warm_up", "warm_up_timeout", "ca_file", "max_concurrent_requests", "metrics_interval"}
+)
+
+
+def provider_types() -> dict[str, type[Provider]]:
+    """Config ``type`` → adapter class."""
+    from . import providers
+
+    return {
+        "client_credentials": providers.ClientCredentials,
+        "ntxpay_mx": providers.NtxPayMX,
+        "ntxpay_pix": providers.NtxPayPix,
+        "payme": providers.PayMe,
+        "zertiban": providers.Zertiban,
+        "navro": providers.Navro,
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed configuration: provider adapters and pool options."""
+
+    providers: Mapping[str, Provider]
+    pool_options: Mapping[str, Any]
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file (see the module docstring for the format)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(f"{file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{file}: cannot read it ({type(exc).__name__})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message names the line and column, not the content.
+        raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(data, environ=environ, source=str(file), base_dir=file.parent)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate an already-decoded configuration mapping."""
+    env = os.environ if environ is None else environ
+    unknown = set(data) - {"pool", "providers"}
+    if unknown:
+        raise ConfigurationError(
+            f"{source}: unknown top-level keys {sorted(unknown)}; expected [pool], [providers.*]"
+        )
+    pool_options = _pool_options(data.get("pool", {}), env, source, base_dir)
+    providers_table = data.get("providers")
+    if not isinstance(providers_table, dict) or not providers_table:
+        raise ConfigurationError(f"{source}: no providers; add a [providers.NAME] table")
+    providers: dict[str, Provider] = {}
+    for name, table in providers_table.items():
+        where = f"{source}: provider {name!r}"
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: expected a table")
+        providers[name] = _provider(name, table, env, where, base_dir)
+    return Config(providers=providers, pool_options=pool_options)
+
+
+def _expand(value: Any, env: Mapping[str, str], where: str, key: str) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            variable = match.group(1)
+            if variable not in env:
+                raise ConfigurationError(f"{where}: key {key!r} refers to ${{{variable}}}, which is not set")
+            return env[variable]
+
+        return _REFERENCE.sub(lookup, value)
+    if isinstance(value, list):
+        return [_expand(item, env, where, key) for item in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env, where, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def _path(value: str, base_dir: Path | None) -> str:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return str(path)
+
+
+def _pool_options(table: Any, env: Mapping[str, str], source: str, base_dir: Path | None) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{source}: [pool] must be a table")
+    unknown = set(table) - POOL_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"{source}: [pool] has unknown keys {sorted(unknown)}; allowed: {sorted(POOL_KEYS)}"
+        )
+    options = {key: _expand(value, env, f"{source}: [pool]", key) for key, value in table.items()}
+    if "ca_file" in options:
+        options["ca_file"] = _path(options["ca_file"], base_dir)
+    return options
+
+
+def _provider(
+    name: str, table: dict[str, Any], env: Mapping[str, str], where: str, base_dir: Path | None
+) -> Provider:
+    types = provider_types()
+    kind = table.get("type")
+    if kind not in types:
+        raise ConfigurationError(f"{where}: key 'type' must be one of {sorted(types)}, got {kind!r}")
+    cls = types[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    takes_cert = "client_certificate" in fields
+    allowed = (set(fields) - {"client_certificate"}) | {"type"} | (CERT_KEYS if takes_cert else set())
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown keys {sorted(unknown)}; {kind} accepts {sorted(allowed - {'type'})}"
+        )
+
+    kwargs: dict[str, Any] = {}
+    cert: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key == "type":
+            continue
+        if key in SECRET_KEYS and not (isinstance(raw, str) and _REFERENCE.fullmatch(raw.strip())):
+            # Say what is wrong without repeating what was written.
+            raise ConfigurationError(
+                f"{where}: key {key!r} must be an environment reference like "
+                f'"${{{name.upper()}_{key.upper()}}}"; '
+                "secrets are never read from the file itself"
+            )
+        value = _expand(raw, env, where, key)
+        if key in SECRET_KEYS and not value:
+            raise ConfigurationError(f"{where}: key {key!r} refers to an empty environment variable")
+        if key == "refresh":
+            if not isinstance(value, dict):
+                raise ConfigurationError(f"{where}: [refresh] must be a table")
+            try:
+                kwargs[key] = RefreshPolicy(**value)
+            except TypeError:
+                known = [f.name for f in dataclasses.fields(RefreshPolicy)]
+                raise ConfigurationError(f"{where}: [refresh] accepts only {known}") from None
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}: {exc}") from None
+        elif key in CERT_KEYS:
+            cert[key] = _path(value, base_dir) if key != "key_password" else value
+        else:
+            kwargs[key] = value
+    if takes_cert:
+        if "cert_file" not in cert:
+            raise ConfigurationError(
+                f"{where}: {kind} needs 'cert_file' (and usually 'key_file') for mutual TLS"
+            )
+        try:
+            kwargs["client_certificate"] = ClientCertificate(
+                cert_file=cert["cert_file"], key_file=cert.get("key_file"), password=cert.get("key_password")
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+    try:
+        return cls(**kwargs)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        # Missing required keys; the message names parameters, never values.
+        missing = [k for k, f in fields.items() if _required(f) and k not in kwargs]
+        detail = f"missing keys {missing}" if missing else f"invalid settings ({type(exc).__name__})"
+        raise ConfigurationError(f"{where}: {detail}") from None
+
+
+def _required(field: dataclasses.Field[Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
