@@ -232,11 +232,11 @@ def test_mx_normalises_crlf_pem(leaf: trustme.LeafCert, tmp_path: Path) -> None:
 def test_mx_client_certificate_is_a_field_and_the_provider_method(certificate: ClientCertificate) -> None:
     provider = make_mx(certificate)
 
-    assert provider.client_certificate() is certificate
+    assert provider.mtls_certificate() is certificate
     # The config loader discovers constructor arguments through dataclasses.fields().
     assert "client_certificate" in {f.name for f in dataclasses.fields(provider) if f.init}
-    assert dataclasses.replace(provider, environment="production").client_certificate() is certificate
-    assert provider.with_credentials(client_secret=NEW_SECRET).client_certificate() is certificate
+    assert dataclasses.replace(provider, environment="production").mtls_certificate() is certificate
+    assert provider.with_credentials(client_secret=NEW_SECRET).mtls_certificate() is certificate
     assert "client.pem" in repr(provider)
 
 
@@ -342,7 +342,7 @@ def test_pix_request_is_json() -> None:
     assert str(request.url) == "https://api.ntxpay.com/oauth/token"
     assert request.content == b'{"clientId":"your-client-id","clientSecret":"a1b2c3d4e5f6g7h8"}'
     assert sent_headers(request) == {"content-type": "application/json", "accept": "application/json"}
-    assert make_pix().client_certificate() is None
+    assert make_pix().mtls_certificate() is None
     assert make_pix().api_headers() == {}
 
 

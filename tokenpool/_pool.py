@@ -429,7 +429,7 @@ class TokenPool:
         return UnknownProviderError(name, list(self._all_cells))
 
     def _client_for(self, provider: Provider) -> httpx.AsyncClient:
-        cert = provider.client_certificate()
+        cert = provider.mtls_certificate()
         if cert is None and self._user_client is not None:
             return self._user_client
         client = self._clients.get(cert)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import httpx
@@ -11,6 +12,7 @@ from ._exceptions import ConfigurationError
 __all__ = ["is_loopback_host", "require_secure_url"]
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ``::1``."""
     if host.lower() in {"localhost", "localhost."}:

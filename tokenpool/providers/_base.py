@@ -96,7 +96,7 @@ class Provider(abc.ABC):
         """Headers to add to every API call besides ``Authorization``."""
         return {}
 
-    def client_certificate(self) -> ClientCertificate | None:
+    def mtls_certificate(self) -> ClientCertificate | None:
         """The certificate for mutual TLS on the token endpoint, if the provider needs one."""
         return None
 

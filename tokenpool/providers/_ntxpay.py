@@ -7,7 +7,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self, overload
+from typing import Any, Literal, Self
 
 import httpx
 
@@ -84,54 +84,13 @@ def _texts(data: Mapping[str, Any] | None) -> list[str]:
     return texts
 
 
-class _CertificateGetter:
-    """What reading ``NtxPayMX.client_certificate`` gives: call it for the certificate."""
-
-    __slots__ = ("_certificate",)
-
-    def __init__(self, certificate: ClientCertificate) -> None:
-        self._certificate = certificate
-
-    def __call__(self) -> ClientCertificate:
-        return self._certificate
-
-    def __repr__(self) -> str:
-        return repr(self._certificate)
-
-
-class _CertificateField:
-    """Makes ``client_certificate`` both a dataclass field and the :class:`Provider` method.
-
-    The constructor argument must be called ``client_certificate``, the
-    config loader finds constructor arguments with ``dataclasses.fields()``,
-    and the pool calls ``provider.client_certificate()``.  A plain field
-    would hide the method and an ``InitVar`` would hide the field, so this
-    data descriptor stores the certificate and reads back as a callable.
-    ``dataclasses.replace`` passes that callable back in, which ``__set__``
-    unwraps.
-    """
-
-    @overload
-    def __get__(self, instance: None, owner: type[Any]) -> _CertificateField: ...
-    @overload
-    def __get__(self, instance: object, owner: type[Any]) -> _CertificateGetter: ...
-    def __get__(self, instance: object | None, owner: type[Any]) -> _CertificateField | _CertificateGetter:
-        if instance is None:
-            # No class-level value, so the dataclass sees a required field.
-            raise AttributeError("client_certificate has no default")
-        return _CertificateGetter(instance.__dict__["_client_certificate"])
-
-    def __set__(self, instance: object, value: ClientCertificate | _CertificateGetter) -> None:
-        instance.__dict__["_client_certificate"] = value() if isinstance(value, _CertificateGetter) else value
-
-
 @dataclass(frozen=True, eq=False, kw_only=True)
 class NtxPayMX(Provider):
     """NTX Pay Mexico (SPEI): ``clientId``/``clientSecret`` in JSON over mutual TLS.
 
     ``POST {base}/api/auth/token`` with ``{"clientId", "clientSecret"}`` and
     the client certificate both presented in the TLS handshake (the pool loads
-    :meth:`client_certificate` into its ``SSLContext``) and forwarded in an
+    :meth:`mtls_certificate` into its ``SSLContext``) and forwarded in an
     ``X-SSL-Client-Cert`` header.  Answers a JWT valid for 10 minutes.
 
     Args:
@@ -171,18 +130,13 @@ class NtxPayMX(Provider):
       bare ``"Unauthorized"`` names both causes.
     - :meth:`with_credentials` re-reads the certificate file, so a renewed
       certificate on disk is picked up together with new credentials.
-    - ``client_certificate`` is both the constructor argument (and a
-      dataclass field) and the :class:`Provider` method: reading the
-      attribute gives a callable, so ``provider.client_certificate()`` returns
-      the :class:`ClientCertificate`.
     """
 
     kind = "ntxpay_mx"
 
     client_id: str
     client_secret: str | Secret
-    # Required, although mypy sees the descriptor as a default; see _CertificateField.
-    client_certificate: _CertificateField = _CertificateField()
+    client_certificate: ClientCertificate
     environment: NtxPayMXEnvironment = "sandbox"
     base_url: str | None = None
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
@@ -190,8 +144,7 @@ class NtxPayMX(Provider):
     _forwarded_certificate: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Typed as object: the descriptor accepts anything at run time.
-        certificate: object = self.client_certificate()
+        certificate: object = self.client_certificate
         if not isinstance(certificate, ClientCertificate):
             raise ConfigurationError("NtxPayMX.client_certificate must be a ClientCertificate")
         require_text(self, "client_id")
@@ -269,13 +222,16 @@ class NtxPayMX(Provider):
             f"confirm you use the {self.environment} ones"
         )
         if any("certific" in text.lower() for text in texts):
-            message, hint = certificate, f"renew the certificate in {self.client_certificate().cert_file!r}"
+            message, hint = certificate, f"renew the certificate in {self.client_certificate.cert_file!r}"
         elif texts:
             message, hint = credentials, "replace the credentials with pool.replace_provider()"
         else:
             message = f"either {credentials}, or the {certificate}"
             hint = "NTX Pay's answer does not say which"
         return CredentialsRejected(message + suffix, status_code=401, error_code=code, hint=hint)
+
+    def mtls_certificate(self) -> ClientCertificate:
+        return self.client_certificate
 
     def with_credentials(
         self, *, client_id: str | None = None, client_secret: str | Secret | None = None
