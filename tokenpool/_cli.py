@@ -68,6 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging() -> None:
+    """The command is an application, so it may configure structlog (the library never does).
+
+    Warnings and errors go to stderr; ``TOKENPOOL_LOG_LEVEL=debug`` shows everything.
+    """
+    import logging
+    import os
+
+    import structlog
+
+    if structlog.is_configured():
+        return
+    level = getattr(logging, os.environ.get("TOKENPOOL_LOG_LEVEL", "warning").upper(), logging.WARNING)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def _version() -> str:
     from . import __version__
 
@@ -85,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
         return emulator_main(args_list[1:], prog="tokenpool emulator")
     parser = _parser()
     args = parser.parse_args(args_list)
+    _configure_logging()
     if args.command is None:
         parser.print_help()
         return 2
