@@ -427,3 +427,22 @@ async def _gather(fn: Callable[[str], Awaitable[Token]], n: int) -> list[Token]:
 
 def test_monotonic_clock_is_the_default() -> None:
     assert abs(TokenPool({})._now() - time.monotonic()) < 1.0
+
+
+async def test_a_second_401_is_returned_not_looped(emulator: EmulatorProcess) -> None:
+    async with pool_for(emulator) as pool:
+        await pool.token("acme")
+        # A generic token is unknown to Navro's API: every attempt gets a 401.
+        async with httpx.AsyncClient(auth=pool.auth("acme"), verify=_ssl(emulator)) as client:
+            response = await client.get(f"{emulator.url('navro')}/api/resource")
+    assert response.status_code == 401
+    assert token_requests(emulator) == 2  # one refresh, one replay, then the 401 is the answer
+    assert sum(resource_stats(emulator, "navro")["resource_401"].values()) == 2
+
+
+async def test_every_token_request_has_a_deadline(emulator: EmulatorProcess) -> None:
+    emulator.fault("generic", latency=5.0, count=1)
+    provider = generic(emulator, refresh=RefreshPolicy(request_timeout=0.3))
+    async with pool_for(emulator, providers={"acme": provider}, warm_up="lazy") as pool:
+        with pytest.raises(TokenEndpointUnreachable, match="timed out"):
+            await pool.token("acme")

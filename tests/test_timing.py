@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 
-from tokenpool import ConfigurationError, RefreshPolicy, Token, TokenResponse
+from tokenpool import ConfigurationError, InvalidTokenResponse, RefreshPolicy, Token, TokenResponse
 
 
 def stamp(
@@ -115,3 +116,56 @@ def test_token_repr_never_shows_the_token() -> None:
     assert "authorization" not in repr(token)
     assert str(token) == repr(token)
     assert token.authorization == "Bearer t"
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A response body arriving in small chunks (an iterator object, not a generator)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+
+def response(body: bytes, *, declared: bool = False, **headers: str) -> httpx.Response:
+    if declared:
+        headers["content-length"] = str(len(body))
+    return httpx.Response(
+        200, headers={k.replace("_", "-"): v for k, v in headers.items()}, stream=Chunks(body)
+    )
+
+
+async def _read(body: bytes, limit: int, *, declared: bool) -> bytes:
+    from tokenpool._pool import _read_capped
+
+    return await _read_capped(response(body, declared=declared), limit)
+
+
+@pytest.mark.anyio
+async def test_compressed_bodies_are_decoded_under_the_same_cap() -> None:
+    import gzip
+
+    from tokenpool._pool import _read_capped
+
+    gz = {"content_encoding": "gzip"}
+    assert await _read_capped(response(gzip.compress(b"{}" * 10), **gz), 100) == b"{}" * 10
+    bomb = gzip.compress(b"0" * 10_000_000)
+    assert len(bomb) < 65_536
+    with pytest.raises(InvalidTokenResponse, match="once decompressed"):
+        await _read_capped(response(bomb, **gz), 65_536)
+    with pytest.raises(InvalidTokenResponse, match="cannot be decoded"):
+        await _read_capped(response(b"nope", **gz), 100)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_token_response_bodies_are_capped(declared: bool) -> None:
+    assert await _read(b"x" * 100, 100, declared=declared) == b"x" * 100
+    with pytest.raises(InvalidTokenResponse, match="more than 100"):
+        await _read(b"x" * 101, 100, declared=declared)

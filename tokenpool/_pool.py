@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import ssl
 import weakref
-from collections.abc import Mapping
+import zlib
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 import anyio
 import certifi
@@ -460,6 +462,9 @@ class TokenPool:
     async def _fetch(self, name: str, provider: Provider) -> TokenResponse:
         """The seam: one token request over HTTP, parsed by the provider's adapter."""
         request = provider.build_request()
+        # Token answers are tiny: compression buys nothing and a decompression
+        # bomb is one less thing to defend against (see _read_capped).
+        request.headers["Accept-Encoding"] = "identity"
         client = self._client_for(provider)
         async with self._slots:
             try:
@@ -492,6 +497,12 @@ class TokenPool:
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body, refused beyond *limit* bytes both on the wire and once decompressed.
+
+    Token requests ask for ``Accept-Encoding: identity``; a server that
+    compresses anyway is decoded here with the same cap, so a small
+    compressed body cannot expand without bound.
+    """
     length = response.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise InvalidTokenResponse(
@@ -500,11 +511,38 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidTokenResponse(
-                f"token endpoint answered with more than {limit} bytes", status_code=response.status_code
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # aclosing: leaving early must close the generator now, not at garbage collection.
+    async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_raw())) as raw:
+        async for chunk in raw:
+            size += len(chunk)
+            if size > limit:
+                raise InvalidTokenResponse(
+                    f"token endpoint answered with more than {limit} bytes", status_code=response.status_code
+                )
+            chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in _ZLIB_WBITS:
+        raise InvalidTokenResponse(
+            f"token endpoint answered with unsupported Content-Encoding {encoding[:20]!r}",
+            status_code=response.status_code,
+        )
+    try:
+        decoder = zlib.decompressobj(_ZLIB_WBITS[encoding])
+        decoded = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        raise InvalidTokenResponse(
+            "token endpoint answered with a body that cannot be decoded", status_code=response.status_code
+        ) from None
+    if len(decoded) > limit or decoder.unconsumed_tail:
+        raise InvalidTokenResponse(
+            f"token endpoint answered with more than {limit} bytes once decompressed",
+            status_code=response.status_code,
+        )
+    return decoded
+
+
+#: zlib window bits per Content-Encoding: gzip header, zlib header (RFC 9110's "deflate").
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
