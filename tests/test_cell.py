@@ -392,3 +392,60 @@ async def test_closing_releases_waiters_with_a_clear_error(
             tg.cancel_scope.cancel()
     assert len(errors) == 1
     assert "closed" in str(errors[0])
+
+
+async def test_backoff_never_jumps_past_the_last_moment_the_token_is_served(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    cell = make_cell(clock, endpoint, u=0.999)  # every backoff step near its ceiling
+    async with running(cell):
+        first = await get(cell)
+        # Uncapped, the retries would land at …, usable_until − 18.6 s, usable_until + 11.4 s.
+        endpoint.fail_until = first.usable_until - 5.0
+        failures = 0
+        t = first.refresh_at
+        while t < first.usable_until + 20.0:
+            await advance_to(clock, t)
+            try:
+                await get(cell)
+            except TokenRequestError:
+                failures += 1
+            t += 0.5
+        assert failures == 0
+        # The last retry went out at the first clock step past usable_until − 2 s.
+        assert first.usable_until - 2.0 <= endpoint.calls[-1] < first.usable_until - 1.5
+
+
+async def test_a_failure_under_replaced_settings_does_not_back_off_the_new_ones(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    cell = make_cell(clock, endpoint)
+    async with running(cell):
+        first = await get(cell)
+        endpoint.gate = anyio.Event()
+        endpoint.outcomes = [CredentialsRejected("old secret", status_code=401)]
+        got: list[Token] = []
+        old_errors: list[BaseException] = []
+
+        async def old_refresh() -> None:
+            try:
+                await cell.refresh()
+            except CredentialsRejected as exc:
+                old_errors.append(exc)  # it really was sent with the old secret
+
+        async def swap() -> None:
+            cell.replace_provider(cell.provider.with_credentials(client_secret="new-secret"))
+            got.append(await cell.refresh())  # what TokenPool.replace_provider does
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(old_refresh)
+            await anyio.wait_all_tasks_blocked()
+            assert cell.refreshing  # the request with the old secret is out
+            tg.start_soon(swap)
+            await anyio.wait_all_tasks_blocked()
+            endpoint.gate.set()
+        assert len(old_errors) == 1
+        assert len(endpoint.calls) == 3  # warm-up, old secret (rejected), new secret
+        assert got[0] is not first
+        assert cell.failures == 0
+        assert cell.last_error is None

@@ -153,14 +153,16 @@ async def test_compressed_bodies_are_decoded_under_the_same_cap() -> None:
 
     from tokenpool._pool import _read_capped
 
-    gz = {"content_encoding": "gzip"}
-    assert await _read_capped(response(gzip.compress(b"{}" * 10), **gz), 100) == b"{}" * 10
+    def gz(body: bytes) -> httpx.Response:
+        return response(body, content_encoding="gzip")
+
+    assert await _read_capped(gz(gzip.compress(b"{}" * 10)), 100) == b"{}" * 10
     bomb = gzip.compress(b"0" * 10_000_000)
     assert len(bomb) < 65_536
     with pytest.raises(InvalidTokenResponse, match="once decompressed"):
-        await _read_capped(response(bomb, **gz), 65_536)
+        await _read_capped(gz(bomb), 65_536)
     with pytest.raises(InvalidTokenResponse, match="cannot be decoded"):
-        await _read_capped(response(b"nope", **gz), 100)
+        await _read_capped(gz(b"nope"), 100)
 
 
 @pytest.mark.anyio

@@ -61,12 +61,12 @@ class TokenAuth(httpx.Auth):
         if response.status_code != 401:
             return
         await pool.invalidate(name, token)
-        pool._observer.downstream_unauthorized(name, retried=True)
+        pool.report_unauthorized(name, retried=True)
         token = await pool.token(name)
         _prepare(request, token, pool.api_headers(name))
         response = yield request
         if response.status_code == 401:
-            pool._observer.downstream_unauthorized(name, retried=False)
+            pool.report_unauthorized(name, retried=False)
 
 
 class SyncTokenAuth(httpx.Auth):

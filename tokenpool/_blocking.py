@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -17,6 +19,8 @@ from ._token import Token
 from .providers import Provider
 
 __all__ = ["BlockingTokenPool"]
+
+_orphaned_after_fork: list[contextlib.ExitStack] = []
 
 
 class BlockingTokenPool:
@@ -47,6 +51,9 @@ class BlockingTokenPool:
         self._backend_options = backend_options
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
+        # Hits served on the caller's thread are counted here, under a lock,
+        # and added to the pool's own counts (see TokenPool's foreign_hits).
+        self._hits_lock = threading.Lock()
 
     def start(self) -> Self:
         """Start the loop thread and open the pool (warming it up as configured)."""
@@ -60,14 +67,21 @@ class BlockingTokenPool:
             stack.close()
             raise
         self._stack, self._portal = stack, portal
+        _close_at_exit(self)
         return self
 
     def close(self) -> None:
         """Close the pool and stop the loop thread.  Idempotent."""
         stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None and self._pool._state != "forked":
-            # In a forked child the loop thread is gone; there is nothing to stop.
-            stack.close()
+        if stack is None:
+            return
+        if self._pool._state == "forked":
+            # In a forked child the loop thread does not exist.  Keep the exit
+            # stack alive for good: were it collected, the portal's generator
+            # would be finalised and wait forever for that thread.
+            _orphaned_after_fork.append(stack)
+            return
+        stack.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -92,8 +106,20 @@ class BlockingTokenPool:
         return portal
 
     def token(self, name: str, *, timeout: float | None = None) -> Token:
-        """A usable token for provider *name* (blocks only when the pool itself would)."""
+        """A usable token for provider *name* (blocks only when the pool itself would).
+
+        A token before its refresh point is returned on the caller's thread
+        (reading the cell's current token is a single attribute read); anything
+        else crosses to the loop thread, where the single-flight logic lives.
+        """
         portal = self._require()
+        cell = self._pool._cells.get(name)
+        if cell is not None:
+            token = cell.token
+            if token is not None and self._pool._now() < token.refresh_at:
+                with self._hits_lock:
+                    cell.foreign_hits += 1
+                return token
         return portal.call(lambda: self._pool.token(name, timeout=timeout))
 
     def invalidate(self, name: str, token: Token) -> bool:
@@ -123,7 +149,31 @@ class BlockingTokenPool:
         )
 
     def _report_401(self, name: str, retried: bool) -> None:
-        self._pool._observer.downstream_unauthorized(name, retried=retried)
+        self._pool.report_unauthorized(name, retried=retried)
 
     def __repr__(self) -> str:
         return f"<BlockingTokenPool {'started' if self._portal else 'stopped'} {self._pool!r}>"
+
+
+def _close_at_exit(pool: BlockingTokenPool) -> None:
+    """Close *pool* when the interpreter exits, before non-daemon threads are joined.
+
+    Otherwise a pool that was never closed would keep its loop thread, and so
+    the process, alive forever.  Only a weak reference is kept.
+    """
+    ref = weakref.ref(pool)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    register = getattr(threading, "_register_atexit", None)  # what concurrent.futures uses
+    if register is None:  # pragma: no cover - every CPython since 3.9 has it
+        import atexit
+
+        atexit.register(close)
+        return
+    # RuntimeError: the interpreter is already shutting down.
+    with contextlib.suppress(RuntimeError):
+        register(close)

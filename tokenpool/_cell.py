@@ -43,12 +43,14 @@ Fetch = Callable[[str, "Provider"], Awaitable[TokenResponse]]
 class _Flight:
     """One token request's outcome, shared by everyone waiting on it."""
 
-    __slots__ = ("done", "error", "token")
+    __slots__ = ("done", "error", "provider", "token")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.token: Token | None = None
         self.error: BaseException | None = None
+        #: The settings the request was built from (``None`` until it is sent).
+        self.provider: Provider | None = None
 
 
 class Cell:
@@ -63,9 +65,12 @@ class Cell:
         "_not_before",
         "_observer",
         "_rng",
+        "_successes",
+        "_token_provider",
         "_u",
         "_wake",
         "clock",
+        "foreign_hits",
         "hits",
         "misses",
         "name",
@@ -92,6 +97,8 @@ class Cell:
         self.token: Token | None = None
         #: Plain counters read by the metrics publisher (cheaper than a Prometheus inc()).
         self.hits = 0
+        #: Hits served on other threads by BlockingTokenPool (incremented under its lock).
+        self.foreign_hits = 0
         self.misses = 0
         self.waiting = 0
         #: Token requests sent by this cell (successful or not).
@@ -107,6 +114,8 @@ class Cell:
         self._failures = 0
         self._not_before = -math.inf
         self._last_error: TokenRequestError | None = None
+        self._successes = 0
+        self._token_provider: Provider | None = None
 
     # -- what callers see -------------------------------------------------------------------
 
@@ -198,27 +207,34 @@ class Cell:
         self._wake.set()
 
     async def refresh(self, timeout: float | None = None) -> Token:
-        """Ask for a new token now (respecting backoff) and wait for it."""
-        if self._flight is not None:
-            # A request is already out; it may have been built from older
-            # settings, so wait it out and then ask again.
-            with anyio.move_on_after(timeout if timeout is not None else math.inf):
-                await self._flight.done.wait()
-        if self._last_error is not None and self.clock.now() < self._not_before:
-            raise clone_for_raise(self._last_error)
-        flight = self._flight = self._flight or _Flight()
-        self._demand = True
-        self._wake.set()
-        with anyio.move_on_after(timeout if timeout is not None else math.inf):
-            await flight.done.wait()
-        if not flight.done.is_set():
-            raise TokenWaitTimeout(
-                f"[{self.name}] refresh did not finish within {timeout:g} s", provider=self.name
-            )
-        if flight.token is not None:
-            return flight.token
-        assert flight.error is not None
-        raise clone_for_raise(flight.error)
+        """A token fetched with the current settings, requested now (respecting backoff)."""
+        wanted = self.provider
+        successes = self._successes
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                flight = self._flight
+                if flight is not None and flight.provider is not None and flight.provider is not wanted:
+                    # Out with older settings (before replace_provider): let it land, then ask again.
+                    await flight.done.wait()
+                    continue
+                if flight is None and self._successes > successes and self._token_provider is wanted:
+                    # A request sent since we were called, with these settings, already succeeded.
+                    assert self.token is not None
+                    return self.token
+                if flight is None:
+                    if self._last_error is not None and self.clock.now() < self._not_before:
+                        raise clone_for_raise(self._last_error)
+                    flight = self._flight = _Flight()
+                    self._demand = True
+                    self._wake.set()
+                await flight.done.wait()
+                if flight.token is not None:
+                    return flight.token
+                assert flight.error is not None
+                raise clone_for_raise(flight.error)
+        raise TokenWaitTimeout(
+            f"[{self.name}] refresh did not finish within {timeout:g} s", provider=self.name
+        )
 
     # -- the cell's own task ----------------------------------------------------------------
 
@@ -257,7 +273,7 @@ class Cell:
         if flight is None:
             flight = self._flight = _Flight()
         self._demand = False
-        provider = self.provider
+        provider = flight.provider = self.provider
         attempt = self._failures + 1
         self.requests += 1
         self._observer.refresh_started(self, attempt)
@@ -281,6 +297,8 @@ class Cell:
             )
         else:
             self.token = token
+            self._successes += 1
+            self._token_provider = provider
             self._failures = 0
             self._not_before = -math.inf
             self._last_error = None
@@ -290,14 +308,30 @@ class Cell:
             self._observer.refresh_succeeded(self, token, self.clock.now() - sent_at)
             return
         error.provider = self.name
-        self._failures += 1
-        delay = provider.refresh.backoff(
-            self._failures,
-            self._rng.random(),
-            retry_after=error.retry_after if isinstance(error, TokenEndpointError) else None,
-            credentials_rejected=isinstance(error, CredentialsRejected),
-        )
         now = self.clock.now()
+        if provider is not self.provider:
+            # The settings were replaced (rotated credentials, say) while this
+            # request was out: its failure says nothing about the new ones.
+            # No backoff, no last error; try the new settings at once.
+            self._demand = True
+            flight.error = error
+            self._flight = None
+            flight.done.set()
+            self._observer.refresh_failed(self, error, now - sent_at, 0.0)
+            return
+        self._failures += 1
+        retry_after = error.retry_after if isinstance(error, TokenEndpointError) else None
+        rejected = isinstance(error, CredentialsRejected)
+        delay = provider.refresh.backoff(
+            self._failures, self._rng.random(), retry_after=retry_after, credentials_rejected=rejected
+        )
+        current = self.token
+        if current is not None and retry_after is None and not rejected:
+            # Never let a plain backoff step jump past the moment the current
+            # token stops being served: the last retry goes out just before.
+            last_chance = current.usable_until - min(2.0, 0.01 * current.expires_in)
+            if now < last_chance < now + delay:
+                delay = last_chance - now
         self._not_before = now + delay
         self._last_error = error
         flight.error = error

@@ -151,7 +151,7 @@ class PoolMetrics:
     def fold(self, cells: Iterable[Cell]) -> None:
         """Add hits and misses counted since the last fold to the counters."""
         for cell in cells:
-            hits, misses = cell.hits, cell.misses
+            hits, misses = cell.hits + cell.foreign_hits, cell.misses
             last_hits, last_misses = self._folded.get(cell.name, (0, 0))
             if hits > last_hits:
                 self.series.hits.labels(cell.name).inc(hits - last_hits)

@@ -369,6 +369,12 @@ class TokenPool:
         if warm_up:
             await self._warm_one(cell, self._warm_up_timeout)
 
+    def report_unauthorized(self, name: str, *, retried: bool) -> None:
+        """Count an API response with status 401 for *name* (for auth flows other than ours)."""
+        if name not in self._all_cells:
+            raise self._lookup_error(name)
+        self._observer.downstream_unauthorized(name, retried=retried)
+
     def api_headers(self, name: str) -> Mapping[str, str]:
         """Extra headers provider *name* wants on every API call."""
         cell = self._all_cells.get(name)
@@ -392,7 +398,7 @@ class TokenPool:
             cells[name] = CellStatistics(
                 name=name,
                 kind=cell.provider.kind,
-                hits=cell.hits,
+                hits=cell.hits + cell.foreign_hits,
                 misses=cell.misses,
                 token_requests=cell.requests,
                 waiting=cell.waiting,

@@ -78,7 +78,8 @@ class Provider(abc.ABC):
     """
 
     kind: ClassVar[str] = "provider"
-    token_url: httpx.URL
+    # A str is accepted by constructors and normalised to httpx.URL in __post_init__.
+    token_url: httpx.URL | str
     refresh: RefreshPolicy
 
     @abc.abstractmethod

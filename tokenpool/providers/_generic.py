@@ -55,7 +55,7 @@ class ClientCredentials(Provider):
 
     kind = "client_credentials"
 
-    token_url: httpx.URL
+    token_url: httpx.URL | str
     client_id: str
     client_secret: Secret | str
     auth_method: AuthMethod = "client_secret_basic"
@@ -112,7 +112,8 @@ class ClientCredentials(Provider):
             raise scrub_error(exc, self._secrets()) from None
 
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        hint = f"check client_id/client_secret for {self.token_url.host} and auth_method={self.auth_method!r}"
+        host = httpx.URL(self.token_url).host
+        hint = f"check client_id/client_secret for {host} and auth_method={self.auth_method!r}"
         if status_code != 200:
             raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=self._secrets())
         data = json_object(body, status_code=status_code)
