@@ -1,0 +1,56 @@
+"""The arq worker of tests/test_arq.py: jobs call the emulator's resource API through tokenpool."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any, ClassVar
+
+import applog
+import httpx
+from arq.connections import RedisSettings
+
+from tokenpool import Secret
+from tokenpool.contrib.arq import PoolHooks, client, get_pool
+from tokenpool.providers import ClientCredentials, Provider
+
+applog.configure()
+
+
+def providers() -> dict[str, Provider]:
+    return {
+        "generic": ClientCredentials(
+            token_url=httpx.URL(os.environ["TOKENPOOL_TEST_TOKEN_URL"]),
+            client_id=os.environ["TOKENPOOL_TEST_CLIENT_ID"],
+            client_secret=Secret(os.environ["TOKENPOOL_TEST_CLIENT_SECRET"]),
+        )
+    }
+
+
+def make_client(name: str, auth: httpx.Auth) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        auth=auth,
+        base_url=os.environ["TOKENPOOL_TEST_API_URL"],
+        verify=ssl.create_default_context(cafile=os.environ["TOKENPOOL_TEST_CA_FILE"]),
+        timeout=10.0,
+    )
+
+
+hooks = PoolHooks(providers, client_factory=make_client, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"])
+
+
+async def call_resource(ctx: dict[str, Any]) -> dict[str, object]:
+    response = await client(ctx, "generic").get("/api/resource")
+    cell = get_pool(ctx).statistics().cells["generic"]
+    return {"pid": os.getpid(), "status": response.status_code, "token_requests": cell.token_requests}
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [call_resource]
+    on_startup = hooks.on_startup
+    on_shutdown = hooks.on_shutdown
+    redis_settings = RedisSettings.from_dsn(os.environ["TOKENPOOL_TEST_REDIS_URL"])
+    queue_name = os.environ.get("TOKENPOOL_TEST_QUEUE", "arq:queue")
+    max_jobs = 20
+    poll_delay = 0.05
+    keep_result = 600

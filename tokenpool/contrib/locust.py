@@ -1,0 +1,293 @@
+"""Locust: one token pool per Locust process, shared by every simulated user in it.
+
+In your locustfile::
+
+    import os
+    from locust import HttpUser, constant, task
+    from tokenpool.contrib import locust as tokenpool_locust
+    from tokenpool.providers import ClientCredentials
+
+    def providers():  # runs in each Locust process that runs users
+        return {
+            "acme": ClientCredentials(
+                token_url="https://auth.acme.example/oauth/token",
+                client_id=os.environ["ACME_CLIENT_ID"],
+                client_secret=os.environ["ACME_CLIENT_SECRET"],
+            )
+        }
+
+    tokenpool_locust.install(providers, max_in_flight=100)
+    acme = tokenpool_locust.requests_auth("acme")
+
+    class Payouts(HttpUser):
+        wait_time = constant(0.1)
+
+        @task
+        def pay(self) -> None:
+            with tokenpool_locust.in_flight():
+                self.client.post("/payouts", json={"amount": 1}, auth=acme)
+
+Ten thousand users then cost one token request per refresh window per Locust
+process, instead of one per user (or one per request).
+
+- The pool opens on Locust's ``init`` event in every process that runs users
+  (the only process, or each worker with ``--processes``/``--worker``; the
+  master runs no users and opens none), after Locust's ``fork()``, and closes
+  on ``quitting``.  It waits for the first tokens before users start
+  (``warm_up="wait"``).
+- Locust runs on gevent.  The pool's event loop runs on a real OS thread
+  (see :class:`GeventTokenPool`); greenlets waiting for a token yield to the
+  others, and a fresh token is served without leaving the greenlet.
+- :func:`requests_auth` is for ``HttpUser`` (requests): it sets the headers
+  and replays a request once, with a new token, after a 401.  :func:`headers`
+  is for ``FastHttpUser`` and other clients (no replay); :func:`auth` is an
+  ``httpx.Auth`` for ``httpx.Client``.
+- ``max_in_flight`` bounds the API calls in flight in the process, in arrival
+  order, through :func:`in_flight`.  Unbounded, a load generator measures its
+  own HTTP client's queueing rather than the system under test: httpcore's
+  pool, for one, slows down sharply with thousands of queued requests.
+  Report the bound with your figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent.lock
+import httpx
+import locust
+import requests
+from locust.env import Environment
+from locust.event import Events
+from locust.runners import MasterRunner, Runner
+from requests.auth import AuthBase
+
+from .._exceptions import ConfigurationError, InsecureTransportError
+from .._token import Token
+from .._urls import is_loopback_host
+from ._common import ProvidersFactory, build_providers, log_closed, log_opened, logger_from
+from ._gevent import GeventTokenPool
+
+__all__ = [
+    "GeventTokenPool",
+    "RequestsAuth",
+    "auth",
+    "get_pool",
+    "headers",
+    "in_flight",
+    "install",
+    "requests_auth",
+    "shutdown",
+    "token",
+]
+
+_INTEGRATION = "locust"
+
+
+@dataclass(slots=True)
+class _State:
+    """Module state; per process (a forked child compares ``pid``)."""
+
+    providers: ProvidersFactory | None = None
+    pool_options: dict[str, Any] = field(default_factory=dict)
+    pool: GeventTokenPool | None = None
+    pid: int = 0
+    slots: gevent.lock.Semaphore | None = None
+    max_in_flight: int | None = None
+    events: Events | None = None
+
+
+_state = _State()
+# Users are greenlets: a gevent lock makes the second one wait while the first opens the pool.
+_open_lock = gevent.lock.RLock()
+
+
+def install(
+    providers: ProvidersFactory,
+    *,
+    max_in_flight: int | None = None,
+    events: Events | None = None,
+    **pool_options: Any,
+) -> None:
+    """Share one token pool between all users of each Locust process.
+
+    Call it at the top level of the locustfile.
+
+    Args:
+        providers: A callable returning ``{name: provider}``; runs in each
+            Locust process that runs users, when its pool opens.
+        max_in_flight: Bound for :func:`in_flight` (API calls in flight per
+            process); ``None`` leaves it unbounded.
+        events: Locust's event hooks (default ``locust.events``).
+        **pool_options: :class:`~tokenpool.TokenPool` keyword arguments.
+    """
+    if not callable(providers):
+        raise ConfigurationError("install(providers): providers must be a callable returning a mapping")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ConfigurationError("max_in_flight must be at least 1 (or None for no bound)")
+    if _state.providers is not None:
+        raise ConfigurationError("tokenpool.contrib.locust is already installed in this process")
+    hooks = events if events is not None else locust.events
+    _state.providers = providers
+    _state.pool_options = {"warm_up": "wait", **pool_options}
+    _state.max_in_flight = max_in_flight
+    _state.events = hooks
+    hooks.init.add_listener(_on_init)  # type: ignore[no-untyped-call]  # untyped in locust
+    hooks.quitting.add_listener(_on_quitting)  # type: ignore[no-untyped-call]
+
+
+def uninstall() -> None:
+    """Close this process's pool and remove the event listeners (mainly for tests)."""
+    shutdown()
+    hooks = _state.events
+    if hooks is not None:
+        hooks.init.remove_listener(_on_init)  # type: ignore[no-untyped-call]  # untyped in locust
+        hooks.quitting.remove_listener(_on_quitting)  # type: ignore[no-untyped-call]
+    _state.providers = None
+    _state.events = None
+
+
+def get_pool() -> GeventTokenPool:
+    """This process's pool (opened on ``init``; opened here if used before that)."""
+    pool = _state.pool
+    if pool is not None and _state.pid == os.getpid():
+        return pool
+    return _open(reason="first use")
+
+
+def token(name: str, *, timeout: float | None = None) -> Token:
+    """A usable token for provider *name*."""
+    return get_pool().token(name, timeout=timeout)
+
+
+def headers(name: str) -> dict[str, str]:
+    """``Authorization`` and the provider's headers, e.g. for ``FastHttpUser`` (no 401 replay)."""
+    return get_pool().headers(name)
+
+
+def auth(name: str) -> httpx.Auth:
+    """An ``httpx.Auth`` for an ``httpx.Client`` used inside Locust users."""
+    return get_pool().auth(name)
+
+
+@functools.cache
+def requests_auth(name: str) -> RequestsAuth:
+    """A requests auth for ``HttpUser.client`` calls (``auth=``); may be created at import time."""
+    return RequestsAuth(name)
+
+
+@contextlib.contextmanager
+def in_flight() -> Iterator[None]:
+    """Hold one of the process's ``max_in_flight`` slots around an API call (FIFO).
+
+    Without ``max_in_flight`` this does nothing.
+    """
+    slots = _state.slots
+    if slots is None:
+        if _state.max_in_flight is None:
+            yield
+            return
+        slots = _state.slots = gevent.lock.Semaphore(_state.max_in_flight)
+    with slots:
+        yield
+
+
+def shutdown() -> None:
+    """Close this process's pool.  Idempotent; runs on Locust's ``quitting`` event."""
+    pool, _state.pool = _state.pool, None
+    if pool is None or _state.pid != os.getpid():
+        return
+    pool.close()
+    log_closed(logger_from(_state.pool_options), _INTEGRATION, pool.statistics())
+
+
+class RequestsAuth(AuthBase):
+    """Bearer header and provider headers on a requests call, one replay after a 401.
+
+    It looks the pool up at call time, so it can be created before the pool
+    opens (at import time of the locustfile).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<RequestsAuth provider={self.name!r}>"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        pool = get_pool()
+        sent = pool.token(self.name)
+        _apply(request, sent, pool.pool.api_headers(self.name))
+        request.register_hook("response", functools.partial(self._after, sent=sent))
+        return request
+
+    def _after(self, response: requests.Response, *, sent: Token, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        pool = get_pool()
+        pool.invalidate(self.name, sent)
+        pool.report_unauthorized(self.name, True)
+        fresh = pool.token(self.name)
+        # Release the first answer's connection, then replay the same request
+        # (requests keeps the body) with the new token and without this hook.
+        response.content  # noqa: B018 - reading the body lets the connection be reused
+        response.close()
+        retry = response.request.copy()
+        retry.hooks = {"response": []}
+        _apply(retry, fresh, pool.pool.api_headers(self.name))
+        connection = response.connection
+        replayed: requests.Response = connection.send(retry, **kwargs)
+        replayed.history.append(response)
+        replayed.request = retry
+        if replayed.status_code == 401:
+            pool.report_unauthorized(self.name, False)
+        return replayed
+
+
+def _apply(request: requests.PreparedRequest, sent: Token, extra: Any) -> None:
+    url = httpx.URL(request.url or "")
+    if url.scheme != "https" and not is_loopback_host(url.host):
+        raise InsecureTransportError(
+            f"refusing to send a bearer token over plain http to {url.host}; use https"
+        )
+    request.headers["Authorization"] = sent.authorization
+    if extra:
+        request.headers.update(extra)
+
+
+# -- internals ------------------------------------------------------------------------------------
+
+
+def _open(*, reason: str) -> GeventTokenPool:
+    factory = _state.providers
+    if factory is None:
+        raise ConfigurationError(
+            "tokenpool.contrib.locust is not installed: call install(providers) in the locustfile"
+        )
+    with _open_lock:
+        pool = _state.pool
+        if pool is not None and _state.pid == os.getpid():
+            return pool
+        # A pool inherited through fork() (other pid) is dropped untouched: its
+        # thread does not exist here.
+        _state.pool = None
+        providers = build_providers(factory)
+        pool = GeventTokenPool(providers, **_state.pool_options).start()
+        _state.pool, _state.pid = pool, os.getpid()
+    log_opened(logger_from(_state.pool_options), _INTEGRATION, list(providers), reason=reason)
+    return pool
+
+
+def _on_init(environment: Environment, runner: Runner | None = None, **_: Any) -> None:
+    if isinstance(runner, MasterRunner):
+        return  # the master runs no users
+    _open(reason="init")
+
+
+def _on_quitting(environment: Environment, **_: Any) -> None:
+    shutdown()
