@@ -173,7 +173,10 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         progress = None if args.quiet else ProgressPrinter("demo", duration)
         result = run_fleet(settings, progress=progress)
-        server = emu.stats(events=False)
+        server: dict[str, Any] = {}
+        if not result.interrupted and emu.running:
+            # On Ctrl-C the emulator got the signal too and is already gone.
+            server = emu.stats(events=False)
     report = build_report(result, server, lifetimes)
     report["wall_seconds"] = round(time.monotonic() - started, 3)
     print_summary(report, result, out)
@@ -329,12 +332,17 @@ def print_summary(report: dict[str, Any], result: FleetResult, out: TextIO) -> N
     emulator_tokens = sum(int(g["emulator"]["token_requests"] or 0) for g in report["providers"].values())
     emulator_calls = sum(int(g["emulator"]["resource_calls"] or 0) for g in report["providers"].values())
     print(
-        f"token req/worker: one number per worker; ideal = ⌈T / (r·L)⌉ for T = each worker's time with a "
-        f"pool open. token wait = time in `await pool.token(name)` before each call.\n"
-        f"The emulator's own counters: {emulator_calls:,} resource calls, {emulator_401} rejected with 401 "
-        f"(expired, revoked or unknown token by the server's clock), {emulator_tokens} token requests.",
+        "token req/worker: one number per worker; ideal = ⌈T / (r·L)⌉ for T = each worker's time with a "
+        "pool open. token wait = time in `await pool.token(name)` before each call.",
         file=out,
     )
+    if not result.interrupted:
+        print(
+            f"The emulator's own counters: {emulator_calls:,} resource calls, {emulator_401} rejected "
+            f"with 401 (expired, revoked or unknown token by the server's clock), "
+            f"{emulator_tokens} token requests.",
+            file=out,
+        )
     if result.interrupted:
         print(
             "INTERRUPTED: partial results of the calls made before Ctrl-C (the emulator stops too).", file=out

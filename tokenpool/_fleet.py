@@ -1156,6 +1156,8 @@ class _Worker:
             name, url = cells[(task + n) % len(cells)]
             n += 1
             async with slots:
+                if monotonic() >= self.deadline:
+                    break  # waited for a slot past the deadline: the run is over for this task
                 started = perf()
                 _CALL_PROBE.set(_Probe(started, stats.overhead))
                 failure: str | None = None

@@ -1,0 +1,920 @@
+"""The harness's named scenarios: what each one does to the emulator, and what it expects.
+
+A scenario is a list of :class:`RunPlan` (one fleet run each: a strategy,
+lifetimes, a duration, timed actions against the emulator and the workers)
+plus the checks that decide PASS/FAIL.  Fault actions are timed from the
+cells' own renewal schedule (reported by every worker when it is warm), so a
+fault "at refresh time" really lands on the refreshes.
+
+Compressed time.  Lifetimes are seconds instead of minutes, so the refresh
+policy's own time constants are compressed too (:data:`FAULT_POLICY`): the
+defaults (backoff 0.5 s → 30 s, 60 s after rejected credentials) would be
+longer than the tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenpool import RefreshPolicy
+from tokenpool._fleet import ALL_PROVIDERS, Action, FleetController, FleetResult, StrategySpec
+from tokenpool.testing import EmulatorProcess
+
+__all__ = ["SCENARIOS", "Check", "Ctx", "RunPlan", "plans_for"]
+
+#: The refresh policy of the fault scenarios: tokenpool's defaults with the time constants
+#: compressed like the lifetimes (r, jitter and margin are the defaults).
+FAULT_POLICY = RefreshPolicy(
+    min_refresh_delay=0.5,
+    backoff_base=0.05,
+    backoff_cap=0.5,
+    credentials_backoff=1.0,
+    max_retry_after=5.0,
+    request_timeout=3.0,
+)
+#: Lifetime of every provider's tokens in the fault scenarios (seconds).
+FAULT_LIFETIME = 20
+#: Lifetimes of the steady scenarios: the documented ones × 0.01, capped.
+STEADY_SCALE = 0.01
+
+TOKENPOOL = StrategySpec()
+
+
+@dataclass
+class Check:
+    """One expectation and whether it held."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass
+class Options:
+    """Harness-wide settings (from the command line)."""
+
+    workers: int = 3
+    tasks: int = 10
+    tenants: int = 3
+    max_in_flight: int = 8
+    duration: float | None = None
+    duration_factor: float = 1.0
+    http2: bool = True
+    tls: bool = True
+
+    def length(self, default: float) -> float:
+        if self.duration is not None:
+            return self.duration
+        return max(4.0, default * self.duration_factor)
+
+
+@dataclass
+class Ctx:
+    """What actions and checks can see about a run."""
+
+    emu: EmulatorProcess
+    plan: RunPlan
+    lifetimes: dict[str, int] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+    #: Offset of the emulator's event clock from the start of the load.
+    emulator_offset: float = 0.0
+
+    def events(self, kind: str, provider: str | None = None) -> list[float]:
+        """Offsets (from the start of the load) of the emulator's events of *kind*."""
+        return sorted(
+            float(e["t"]) + self.emulator_offset
+            for e in self.server.get("events", [])
+            if e["kind"] == kind and (provider is None or e["provider"] == provider)
+        )
+
+
+@dataclass
+class RunPlan:
+    """One fleet run of a scenario."""
+
+    scenario: str
+    title: str
+    expectation: str
+    strategy: StrategySpec = TOKENPOOL
+    providers: tuple[str, ...] = ALL_PROVIDERS
+    tenants: int = 3
+    duration: float = 30.0
+    #: Sets the emulator's lifetimes for this run and returns them (default: see :func:`set_lifetimes`).
+    lifetimes: Callable[[EmulatorProcess], dict[str, int]] | None = None
+    lifetime_scale: float = STEADY_SCALE
+    policy: RefreshPolicy | None = None
+    actions: Callable[[Ctx], list[Action]] = lambda ctx: []
+    checks: Callable[[Ctx, FleetResult], list[Check]] = lambda ctx, result: []
+    #: False for peer runs: they are measured, not judged.
+    asserted: bool = True
+    group: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario}/{self.strategy.label}"
+
+
+def group_of(cell: str) -> str:
+    """The provider of a cell name (``zertiban-03`` → ``zertiban``)."""
+    return cell.split("-", 1)[0]
+
+
+# =============================================================================================
+# Common checks
+# =============================================================================================
+
+
+def basic_checks(result: FleetResult, *, failures_allowed: bool = False) -> list[Check]:
+    total = result.total
+    checks = [
+        Check("zero 401s", total.unauthorized == 0, f"{total.unauthorized} calls ended with 401"),
+        Check(
+            "workers healthy",
+            not result.errors and not result.missing_workers,
+            "; ".join(result.errors)
+            or (f"missing {result.missing_workers}" if result.missing_workers else "no worker errors"),
+        ),
+        Check("calls made", total.calls > 0, f"{total.calls} calls"),
+    ]
+    if not failures_allowed:
+        checks.append(
+            Check(
+                "zero lost calls",
+                result.lost_calls == 0,
+                f"{result.lost_calls} calls did not succeed" + _kinds(result),
+            )
+        )
+    return checks
+
+
+def _kinds(result: FleetResult) -> str:
+    kinds = result.total.failures
+    return f" ({', '.join(f'{k}: {v}' for k, v in kinds.most_common(4))})" if kinds else ""
+
+
+def near_ideal(
+    result: FleetResult, *, below: int = 1, above: int = 2, groups: Sequence[str] | None = None
+) -> Check:
+    """Every (worker, cell) made between ideal − *below* and ideal + *above* token requests."""
+    bad = []
+    cells = 0
+    for cell in result.cells():
+        group = group_of(str(cell["cell"]))
+        if groups is not None and group not in groups:
+            continue
+        cells += 1
+        n, ideal = int(cell["token_requests"]), int(cell["ideal"])
+        if not ideal - below <= n <= ideal + above:
+            bad.append(f"worker {cell['worker']} {cell['cell']}: {n} vs ideal {ideal}")
+    return Check(
+        f"token requests per (worker, cell) within ideal −{below}/+{above}",
+        not bad and cells > 0,
+        f"{cells} cells; " + ("; ".join(bad[:5]) if bad else "all within"),
+    )
+
+
+def hit_ratio_at_least(result: FleetResult, floor: float) -> Check:
+    ratio = result.total.hit_ratio
+    return Check(
+        f"hit ratio ≥ {floor}",
+        ratio is not None and ratio >= floor,
+        "n/a" if ratio is None else f"{ratio:.5f}",
+    )
+
+
+def requests_in(cell: dict[str, Any], start: float, end: float) -> list[float]:
+    return [t for t in cell.get("requests_at", []) if start <= t <= end]
+
+
+# =============================================================================================
+# Fault timing
+# =============================================================================================
+
+
+def around_refresh(
+    providers: Sequence[str], width: float, *, fallback: float
+) -> Callable[[FleetController], float]:
+    """A start instant so that a window of *width* seconds is centred on the providers' renewals.
+
+    It takes the cells' first renewal after the start of the load, as the
+    workers reported it when they were ready, and centres the window on their
+    median, so most of them fall inside.
+    """
+
+    def when(controller: FleetController) -> float:
+        times = [t for t in controller.next_refresh(lambda name: group_of(name) in providers) if t > 0.5]
+        if not times:
+            return fallback
+        median = times[len(times) // 2]
+        return max(0.5, median - width / 2)
+
+    return when
+
+
+def fault_action(
+    ctx_emu: EmulatorProcess, providers: Sequence[str], *, duration: float, label: str, **fault: Any
+) -> Callable[[FleetController], None]:
+    def act(controller: FleetController) -> None:
+        start = controller.elapsed
+        for provider in providers:
+            ctx_emu.fault(provider, duration=duration, **fault)
+        controller.notes.append(
+            {
+                "kind": "fault",
+                "label": label,
+                "providers": list(providers),
+                "start": round(start, 3),
+                "end": round(start + duration, 3),
+                "fault": dict(fault),
+            }
+        )
+
+    return act
+
+
+def fault_note(result: FleetResult) -> dict[str, Any] | None:
+    return next((n for n in result.notes if n.get("kind") == "fault"), None)
+
+
+def cells_hit(
+    result: FleetResult, providers: Sequence[str], start: float, end: float
+) -> list[dict[str, Any]]:
+    """Cells that sent more than one token request during [start, end] (their refresh was hit)."""
+    hit = []
+    for cell in result.cells():
+        if group_of(str(cell["cell"])) in providers and len(requests_in(cell, start, end)) >= 2:
+            hit.append(cell)
+    return hit
+
+
+def fault_bit(ctx: Ctx, result: FleetResult, providers: Sequence[str]) -> Check:
+    """The fault really met at least one refresh (otherwise the scenario proved nothing)."""
+    note = fault_note(result)
+    if note is None:
+        return Check("fault injected", False, "the fault was never injected (run too short?)")
+    failures = sum(
+        sum((ctx.server["providers"][p].get("token_failures") or {}).values())
+        for p in providers
+        if p in ctx.server.get("providers", {})
+    )
+    delayed = max(
+        (ctx.server["providers"][p].get("max_concurrent_token_requests", 0) for p in providers), default=0
+    )
+    label = note.get("label", "fault")
+    if note["fault"].get("latency"):
+        slow = sum(
+            result.groups[p].refresh_latency.max >= note["fault"]["latency"]
+            for p in providers
+            if p in result.groups
+        )
+        return Check(
+            f"{label} met refreshes",
+            slow > 0,
+            f"{slow} providers saw a refresh take ≥ {note['fault']['latency']} s "
+            f"(max concurrent token requests {delayed})",
+        )
+    return Check(f"{label} met refreshes", failures > 0, f"{failures} token requests failed at the emulator")
+
+
+# =============================================================================================
+# Lifetimes
+# =============================================================================================
+
+
+def steady_lifetimes(emu: EmulatorProcess, providers: Sequence[str], duration: float) -> dict[str, int]:
+    """Documented lifetimes × 0.01, capped so every provider renews at least ~5 times."""
+    cap = max(3, math.floor(duration / 6))
+    out = {}
+    for provider in providers:
+        current = int(emu.stats(events=False)["providers"][provider]["expires_in"])
+        if current > cap:
+            current = emu.set_lifetime(provider, expires_in=cap)
+        out[provider] = current
+    return out
+
+
+def fixed_lifetimes(emu: EmulatorProcess, providers: Sequence[str], seconds: int) -> dict[str, int]:
+    return {provider: emu.set_lifetime(provider, expires_in=seconds) for provider in providers}
+
+
+# =============================================================================================
+# The scenarios
+# =============================================================================================
+
+
+def steady(opts: Options) -> list[RunPlan]:
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        return [
+            *basic_checks(result),
+            Check(
+                "no 401 even retried",
+                result.total.recovered_401 == 0,
+                f"{result.total.recovered_401} retried",
+            ),
+            near_ideal(result),
+            hit_ratio_at_least(result, 0.99),
+        ]
+
+    return [
+        RunPlan(
+            scenario="steady",
+            title="Steady load, every token renewed many times",
+            expectation="0 401s (not even retried ones), 0 lost calls, token requests per (worker, cell) "
+            "within ideal −1/+2, hit ratio ≥ 0.99",
+            duration=opts.length(45),
+            checks=checks,
+        )
+    ]
+
+
+def _fault_plan(
+    opts: Options,
+    *,
+    scenario: str,
+    title: str,
+    expectation: str,
+    providers_hit: Sequence[str],
+    width: float,
+    fault: dict[str, Any],
+    extra_checks: Callable[[Ctx, FleetResult, dict[str, Any]], list[Check]] | None = None,
+    failures_allowed: bool = False,
+    duration: float = 35.0,
+) -> RunPlan:
+    def actions(ctx: Ctx) -> list[Action]:
+        when = around_refresh(providers_hit, width, fallback=ctx.plan.duration / 2)
+        return [(when, fault_action(ctx.emu, providers_hit, duration=width, label=scenario, **fault))]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = [
+            *basic_checks(result, failures_allowed=failures_allowed),
+            fault_bit(ctx, result, providers_hit),
+        ]
+        note = fault_note(result)
+        if extra_checks is not None and note is not None:
+            out.extend(extra_checks(ctx, result, note))
+        return out
+
+    return RunPlan(
+        scenario=scenario,
+        title=title,
+        expectation=expectation,
+        duration=opts.length(duration),
+        lifetime_scale=0.0,  # fixed lifetimes, see set_lifetimes()
+        policy=FAULT_POLICY,
+        actions=actions,
+        checks=checks,
+    )
+
+
+def latency_spike(opts: Options) -> list[RunPlan]:
+    spike = 1.5
+
+    def extra(ctx: Ctx, result: FleetResult, note: dict[str, Any]) -> list[Check]:
+        wait = result.total.token_wait
+        return [
+            Check(
+                "no caller waited for the slow refresh (token wait p99 < spike / 3)",
+                wait.percentile(99) < spike / 3,
+                f"token wait p99 {wait.percentile(99) * 1e3:.3f} ms, max {wait.max * 1e3:.1f} ms; "
+                f"spike {spike} s",
+            )
+        ]
+
+    return [
+        _fault_plan(
+            opts,
+            scenario="latency-spike",
+            title=f"Token endpoints answer {spike} s late around refresh time",
+            expectation="0 401s, 0 lost calls: the still-valid token is served while the slow refresh runs; "
+            "token wait p99 stays far below the spike",
+            providers_hit=ALL_PROVIDERS,
+            width=3.0,
+            fault={"latency": spike},
+            extra_checks=extra,
+        )
+    ]
+
+
+def _retries_bounded(note: dict[str, Any], result: FleetResult, providers: Sequence[str]) -> Check:
+    start, end = float(note["start"]), float(note["end"])
+    policy = FAULT_POLICY
+    ramp = math.ceil(math.log2(policy.backoff_cap / policy.backoff_base)) + 1
+    expected = ramp + max(0.0, end - start) / (policy.backoff_cap / 2)
+    bound = math.ceil(2 * expected) + 3
+    stop = end + policy.backoff_cap + 1.0
+    worst = 0
+    hit = cells_hit(result, providers, start, stop)
+    for cell in hit:
+        worst = max(worst, len(requests_in(cell, start, stop)))
+    total = sum(len(requests_in(c, start, stop)) for p in providers for c in result.cells(p))
+    failed = sum(
+        1 for p in providers if p in result.groups for t in result.groups[p].failed_at if start <= t <= stop
+    )
+    return Check(
+        f"no storm: retries follow the backoff (≤ {bound} per cell), not the callers",
+        worst <= bound,
+        f"{len(hit)} cells were hit; the busiest sent {worst} token requests in the window; "
+        f"{total} token requests in all, while {failed} calls failed in it",
+    )
+
+
+def burst_5xx(opts: Options) -> list[RunPlan]:
+    width = 2.0
+
+    def extra(ctx: Ctx, result: FleetResult, note: dict[str, Any]) -> list[Check]:
+        return [_retries_bounded(note, result, ALL_PROVIDERS)]
+
+    return [
+        _fault_plan(
+            opts,
+            scenario="5xx-burst",
+            title=f"Token endpoints answer 503 for {width:g} s around refresh time",
+            expectation="0 401s, 0 lost calls (refreshes retry with backoff while the current token is "
+            "served), retries bounded",
+            providers_hit=ALL_PROVIDERS,
+            width=width,
+            fault={"status": 503},
+            extra_checks=extra,
+        )
+    ]
+
+
+def retry_after_429(opts: Options) -> list[RunPlan]:
+    width, retry_after = 1.0, 1
+
+    def extra(ctx: Ctx, result: FleetResult, note: dict[str, Any]) -> list[Check]:
+        start, end = float(note["start"]), float(note["end"]) + retry_after + 1.0
+        early = []
+        hit = cells_hit(result, ALL_PROVIDERS, start, end)
+        for cell in hit:
+            times = requests_in(cell, start, end)
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            if gaps and min(gaps) < retry_after * 0.95:
+                early.append(f"worker {cell['worker']} {cell['cell']}: retried after {min(gaps):.3f} s")
+        return [
+            Check(
+                f"Retry-After honoured (≥ {retry_after} s between attempts)",
+                not early,
+                f"{len(hit)} cells were hit; " + ("; ".join(early[:4]) if early else "none retried early"),
+            )
+        ]
+
+    return [
+        _fault_plan(
+            opts,
+            scenario="429-retry-after",
+            title=f"Token endpoints answer 429 with Retry-After: {retry_after} for {width:g} s "
+            "at refresh time",
+            expectation="0 401s, 0 lost calls; no cell retries sooner than Retry-After",
+            providers_hit=ALL_PROVIDERS,
+            width=width,
+            fault={"status": 429, "retry_after": retry_after},
+            extra_checks=extra,
+        )
+    ]
+
+
+def short_outage(opts: Options) -> list[RunPlan]:
+    policy = FAULT_POLICY
+    safe = (1 - policy.ratio - policy.margin_ratio) * FAULT_LIFETIME
+    width = round(safe - policy.backoff_cap - 0.5, 2)
+
+    return [
+        _fault_plan(
+            opts,
+            scenario="short-outage",
+            title=f"Token endpoints drop every connection for {width:g} s (< (1−r)·L = "
+            f"{(1 - policy.ratio) * FAULT_LIFETIME:g} s) at refresh time",
+            expectation="0 failed calls, 0 401s: every refresh hit by the outage succeeds on a retry before "
+            f"its token stops being served (outage {width:g} s + backoff cap {policy.backoff_cap:g} s "
+            f"< (1 − r − margin)·L = {safe:g} s)",
+            providers_hit=ALL_PROVIDERS,
+            width=width,
+            fault={"drop": True},
+        )
+    ]
+
+
+def long_outage(opts: Options) -> list[RunPlan]:
+    provider = "navro"
+    width = FAULT_LIFETIME / 2
+    policy = FAULT_POLICY
+
+    def extra(ctx: Ctx, result: FleetResult, note: dict[str, Any]) -> list[Check]:
+        start, end = float(note["start"]), float(note["end"])
+        navro = result.groups.get(provider)
+        others = {k: g for k, g in result.groups.items() if k != provider}
+        latency = navro.refresh_latency.percentile(99) if navro is not None else 0.0
+        slack = 0.5 + 2 * latency
+        limit = end + policy.backoff_cap + slack
+        failures = navro.failures if navro is not None else {}
+        typed = all(kind.startswith("token:") for kind in failures)
+        failed_after = [t for t in (navro.failed_at if navro else []) if t > limit]
+        late = []
+        for cell in cells_hit(result, [provider], start, end):
+            first = next((t for t in cell.get("refreshed_at", []) if t >= end - 0.05), None)
+            if first is None or first > limit:
+                late.append(
+                    f"worker {cell['worker']}: {'never' if first is None else f'{first - end:.2f} s'}"
+                )
+        other_lost = sum(g.calls - g.ok for g in others.values())
+        calls_failed = navro.failed if navro is not None else 0
+        return [
+            Check(
+                "some navro calls failed (the outage outlived tokens)",
+                calls_failed > 0,
+                f"{calls_failed} failed",
+            ),
+            Check(
+                "failures are typed tokenpool errors",
+                typed and bool(failures),
+                ", ".join(f"{k}: {v}" for k, v in failures.items()) or "none",
+            ),
+            _retries_bounded(note, result, [provider]),
+            Check(
+                f"recovery within one backoff cap ({policy.backoff_cap:g} s + {slack:.2f} s slack)",
+                not late and not failed_after,
+                ("; ".join(late[:4]) + "; " if late else "")
+                + f"{len(failed_after)} calls failed after {limit - end:.2f} s past the outage",
+            ),
+            Check("other providers unaffected", other_lost == 0, f"{other_lost} calls lost elsewhere"),
+        ]
+
+    plan = _fault_plan(
+        opts,
+        scenario="long-outage",
+        title=f"Navro's token endpoint drops every connection for {width:g} s, longer than the "
+        "token's remaining life",
+        expectation="typed errors (no 401s) once navro tokens run out, retries bounded by the backoff "
+        "(no storm), "
+        "recovery within one backoff cap after the outage, other providers untouched",
+        providers_hit=[provider],
+        width=width,
+        fault={"drop": True},
+        extra_checks=extra,
+        failures_allowed=True,
+        duration=40.0,
+    )
+    return [plan]
+
+
+def mass_revocation(opts: Options) -> list[RunPlan]:
+    return [_revocation_plan(opts, TOKENPOOL, ALL_PROVIDERS, opts.tenants, asserted=True)]
+
+
+def _revocation_plan(
+    opts: Options,
+    strategy: StrategySpec,
+    providers: Sequence[str],
+    tenants: int,
+    *,
+    asserted: bool,
+    duration: float = 25.0,
+    scenario: str = "mass-revocation",
+) -> RunPlan:
+    length = opts.length(duration)
+
+    def when(controller: FleetController) -> float:
+        # Halfway, or earlier if a scheduled renewal is due around then.
+        wanted = length / 2
+        busy = controller.next_refresh()
+        for candidate in (wanted, wanted * 0.6, wanted * 1.3, wanted * 0.4):
+            if all(abs(t - candidate) > 1.5 for t in busy):
+                return candidate
+        return wanted
+
+    def actions(ctx: Ctx) -> list[Action]:
+        def act(controller: FleetController) -> None:
+            start = controller.elapsed
+            revoked = ctx.emu.revoke_tokens()
+            controller.notes.append({"kind": "revocation", "start": round(start, 3), "revoked": revoked})
+
+        return [(when, act)]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        note = next((n for n in result.notes if n.get("kind") == "revocation"), None)
+        out = basic_checks(result)
+        if note is None:
+            out.append(Check("revocation happened", False, "never revoked (run too short?)"))
+            return out
+        start = float(note["start"])
+        # Until the new tokens' own renewals (≥ (r − jitter)·L later) every cell
+        # must send exactly one token request, whenever its first call after the
+        # revocation meets the 401.
+        shortest = min(
+            (ctx.lifetimes.get(p, FAULT_LIFETIME) for p in ctx.plan.providers), default=FAULT_LIFETIME
+        )
+        stop = start + 0.7 * shortest
+        wrong = []
+        delays = []
+        cells = result.cells()
+        for cell in cells:
+            times = requests_in(cell, start, stop)
+            if len(times) != 1:
+                wrong.append(f"worker {cell['worker']} {cell['cell']}: {len(times)}")
+            else:
+                delays.append(times[0] - start)
+        out.extend(
+            [
+                Check(
+                    "revocation hit live tokens",
+                    int(note["revoked"]) > 0,
+                    f"{note['revoked']} live tokens revoked",
+                ),
+                Check(
+                    "one refresh per cell",
+                    not wrong,
+                    f"{len(cells)} cells; "
+                    + (
+                        "; ".join(wrong[:5])
+                        if wrong
+                        else "each sent exactly one token request, "
+                        f"{min(delays):.2f}–{max(delays):.2f} s after the revocation"
+                    ),
+                ),
+                Check(
+                    "every call succeeded after one retry",
+                    result.total.recovered_401 > 0 and result.total.unauthorized == 0,
+                    f"{result.total.recovered_401} calls retried once after a 401 and succeeded",
+                ),
+            ]
+        )
+        return out
+
+    return RunPlan(
+        scenario=scenario,
+        title="Every issued token revoked mid-run",
+        expectation="one refresh per cell, every call succeeds after at most one retry (0 final 401s)",
+        strategy=strategy,
+        providers=tuple(providers),
+        tenants=tenants,
+        duration=length,
+        lifetime_scale=0.0,
+        policy=FAULT_POLICY,
+        actions=actions,
+        checks=checks if asserted else (lambda ctx, result: []),
+        asserted=asserted,
+    )
+
+
+def _all_replaced(reply: str) -> bool:
+    """``"worker 1: replaced 3/3"`` → True; ``"… replaced 0/1 (…)"`` → False."""
+    counts = reply.split("replaced ", 1)[-1].split(" ", 1)[0]
+    done, _, total = counts.partition("/")
+    return done.isdigit() and done == total
+
+
+def navro_secret_reset(opts: Options) -> list[RunPlan]:
+    provider = "navro"
+    delay = 1.0
+
+    def actions(ctx: Ctx) -> list[Action]:
+        when = around_refresh([provider], 1.0, fallback=ctx.plan.duration / 2)
+        state: dict[str, Any] = {}
+
+        def rotate(controller: FleetController) -> None:
+            state["secret"] = ctx.emu.rotate_secret(provider)
+            controller.notes.append({"kind": "rotation", "start": round(controller.elapsed, 3)})
+
+        def swap(controller: FleetController) -> None:
+            # The new secret goes to every worker over its pipe; it is never logged or stored.
+            ident = controller.broadcast(
+                "replace_credentials", group=provider, client_secret=state.pop("secret")
+            )
+            controller.notes.append({"kind": "swap", "start": round(controller.elapsed, 3), "id": ident})
+
+        def later(controller: FleetController) -> float:
+            return when(controller) + delay
+
+        return [(when, rotate), (later, swap)]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = basic_checks(result)
+        swap = next((n for n in result.notes if n.get("kind") == "swap"), None)
+        rotation = next((n for n in result.notes if n.get("kind") == "rotation"), None)
+        if swap is None or rotation is None:
+            out.append(Check("secret rotated and swapped", False, "did not happen (run too short?)"))
+            return out
+        replies = result.replies.get(str(swap["id"]), [])
+        ok = [
+            r
+            for r in replies
+            if "replaced" in r and r.split("replaced ")[-1].split("/")[0] == r.split("/")[-1]
+        ]
+        server = ctx.server["providers"][provider]
+        rejected = int((server.get("token_failures") or {}).get("401", 0))
+        issued_after = [t for t in ctx.events("token_issued", provider) if t >= float(swap["start"])]
+        out.extend(
+            [
+                Check(
+                    "every worker swapped the credentials in its running pool",
+                    len(ok) == opts.workers,
+                    "; ".join(replies) or "no replies",
+                ),
+                Check(
+                    "tokens issued with the new secret",
+                    len(issued_after) > 0,
+                    f"{len(issued_after)} after the swap",
+                ),
+                Check(
+                    "old secret rejected meanwhile (informational)",
+                    True,
+                    f"{rejected} token requests refused with 401 between the reset and the swap",
+                ),
+            ]
+        )
+        return out
+
+    return [
+        RunPlan(
+            scenario="navro-secret-reset",
+            title=f"Navro secret reset in the Hub; the new secret reaches the running pools "
+            f"{delay:g} s later",
+            expectation="0 failed calls, 0 401s: the current tokens stay valid while refreshes with the old "
+            "secret are rejected, and pool.replace_provider(…with_credentials(client_secret=new)) "
+            "swaps the credentials without a restart",
+            duration=opts.length(35),
+            lifetime_scale=0.0,
+            policy=FAULT_POLICY,
+            actions=actions,
+            checks=checks,
+        )
+    ]
+
+
+def zertiban_shrink(opts: Options) -> list[RunPlan]:
+    provider = "zertiban"
+    steps = (12, 6, 3)
+    length = opts.length(45)
+
+    def actions(ctx: Ctx) -> list[Action]:
+        out: list[Action] = []
+        for i, seconds in enumerate(steps[1:], start=1):
+
+            def act(controller: FleetController, seconds: int = seconds) -> None:
+                ctx.emu.set_lifetime(provider, expires_in=seconds)
+                controller.notes.append(
+                    {"kind": "lifetime", "start": round(controller.elapsed, 3), "expires_in": seconds}
+                )
+
+            out.append((length * i / len(steps), act))
+        return out
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        cells = result.cells(provider)
+        missing = [
+            f"worker {c['worker']} {c['cell']}: {c['lifetimes_seen']}"
+            for c in cells
+            if not {float(s) for s in steps[1:]} <= {float(x) for x in c["lifetimes_seen"]}
+        ]
+        return [
+            *basic_checks(result),
+            Check(
+                "every cell used each new lifetime",
+                not missing and bool(cells),
+                f"{len(cells)} cells; " + ("; ".join(missing[:4]) if missing else f"all saw {list(steps)} s"),
+            ),
+            near_ideal(result, groups=[provider]),
+            hit_ratio_at_least(result, 0.99),
+        ]
+
+    def lifetimes(emu: EmulatorProcess) -> dict[str, int]:
+        out = fixed_lifetimes(emu, ALL_PROVIDERS, FAULT_LIFETIME)
+        out[provider] = emu.set_lifetime(provider, expires_in=steps[0])
+        return out
+
+    plan = RunPlan(
+        scenario="zertiban-shrink",
+        title=f"Zertiban's expires_in shrinks between tokens: {' → '.join(f'{s} s' for s in steps)}",
+        expectation="0 401s, 0 lost calls; each cell renews on the lifetime of the token it holds "
+        "(token requests within ideal −1/+2 of the piecewise ideal)",
+        duration=length,
+        lifetime_scale=0.0,
+        policy=FAULT_POLICY,
+        actions=actions,
+        checks=checks,
+        lifetimes=lifetimes,
+    )
+    return [plan]
+
+
+# =============================================================================================
+# Peers
+# =============================================================================================
+
+PEER_SCALE = 0.05
+PEERS: tuple[tuple[str, str, float], ...] = (
+    ("authlib", "benchmarks.peers:AuthlibStrategy", 60.0),
+    ("httpx-auth", "benchmarks.peers:HttpxAuthStrategy", 30.0),
+    ("naive-lock", "benchmarks.peers:NaiveLockStrategy", 30.0),
+)
+PEER_PROVIDERS = ("generic", "zertiban", "navro")
+
+
+def _strategies(scaled: bool) -> list[StrategySpec]:
+    out = [StrategySpec(label="tokenpool")]
+    for label, path, leeway in PEERS:
+        if scaled:
+            out.append(StrategySpec(path=path, label=label, options=(("leeway", leeway * PEER_SCALE),)))
+        else:
+            out.append(StrategySpec(path=path, label=f"{label} (literal defaults)", options=()))
+    return out
+
+
+def peers(opts: Options) -> list[RunPlan]:
+    """tokenpool beside authlib, httpx-auth and a naive lock: steady, revocation, literal defaults."""
+    plans: list[RunPlan] = []
+    length = opts.length(30)
+    for strategy in _strategies(scaled=True):
+        plans.append(
+            RunPlan(
+                scenario="peers-steady",
+                title="Steady load, peers beside tokenpool (leeways compressed like the lifetimes)",
+                expectation="measured; tokenpool: 0 401s, 0 lost calls",
+                strategy=strategy,
+                providers=PEER_PROVIDERS,
+                tenants=1,
+                duration=length,
+                lifetime_scale=PEER_SCALE,
+                checks=(lambda ctx, result: basic_checks(result))
+                if strategy.label == "tokenpool"
+                else (lambda c, r: []),
+                asserted=strategy.label == "tokenpool",
+                group="peers",
+            )
+        )
+    for strategy in _strategies(scaled=True):
+        plan = _revocation_plan(
+            opts,
+            strategy,
+            PEER_PROVIDERS,
+            1,
+            asserted=strategy.label == "tokenpool",
+            duration=30.0,
+            scenario="peers-revocation",
+        )
+        plan.lifetime_scale = PEER_SCALE
+        plan.policy = None
+        plan.group = "peers"
+        plan.title = "Every issued token revoked mid-run, peers beside tokenpool"
+        plans.append(plan)
+    for strategy in _strategies(scaled=False)[1:]:
+        plans.append(
+            RunPlan(
+                scenario="peers-literal-defaults",
+                title="Peers with their literal default leeways on the compressed lifetimes "
+                "(as with real tokens shorter than the leeway)",
+                expectation="measured",
+                strategy=strategy,
+                providers=PEER_PROVIDERS,
+                tenants=1,
+                duration=length,
+                lifetime_scale=PEER_SCALE,
+                asserted=False,
+                group="peers",
+            )
+        )
+    return plans
+
+
+SCENARIOS: dict[str, Callable[[Options], list[RunPlan]]] = {
+    "steady": steady,
+    "latency-spike": latency_spike,
+    "5xx-burst": burst_5xx,
+    "429-retry-after": retry_after_429,
+    "short-outage": short_outage,
+    "long-outage": long_outage,
+    "mass-revocation": mass_revocation,
+    "navro-secret-reset": navro_secret_reset,
+    "zertiban-shrink": zertiban_shrink,
+    "peers": peers,
+}
+
+
+def plans_for(names: Sequence[str], opts: Options) -> list[RunPlan]:
+    plans: list[RunPlan] = []
+    for name in names:
+        plans.extend(SCENARIOS[name](opts))
+    for plan in plans:
+        if plan.group != "peers":
+            plan.tenants = opts.tenants
+    return plans
+
+
+def set_lifetimes(emu: EmulatorProcess, plan: RunPlan) -> dict[str, int]:
+    """Configure the emulator's lifetimes for *plan* (after a reset) and return them."""
+    if plan.lifetimes is not None:
+        return plan.lifetimes(emu)
+    if plan.lifetime_scale > 0:
+        emu.set_lifetime_scale(plan.lifetime_scale)
+        if plan.group == "peers":
+            return {p: int(emu.stats(events=False)["providers"][p]["expires_in"]) for p in plan.providers}
+        return steady_lifetimes(emu, plan.providers, plan.duration)
+    return fixed_lifetimes(emu, plan.providers, FAULT_LIFETIME)
