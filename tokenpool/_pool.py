@@ -15,6 +15,7 @@ from typing import Any, Literal, Self, cast
 
 import anyio
 import certifi
+import h2.exceptions
 import httpx
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
@@ -487,7 +488,9 @@ class TokenPool:
                 raise InvalidTokenResponse(
                     "token endpoint answered with a body that cannot be decoded", provider=name
                 ) from None
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, h2.exceptions.ProtocolError) as exc:
+                # h2 raises its own errors (InvalidBodyLengthError) when an
+                # HTTP/2 answer is cut short; httpx does not map them.
                 raise TokenEndpointUnreachable(
                     f"cannot reach the token endpoint {request.url.host} ({type(exc).__name__})",
                     provider=name,
