@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -360,9 +360,12 @@ def test_blocking_pool_from_many_threads(emulator: EmulatorProcess) -> None:
         pool.token("acme")
 
 
-def _child_uses_pool(pool: BlockingTokenPool, queue: Any) -> None:
+def _child_uses_pool(pool: BlockingTokenPool | TokenPool, queue: Any) -> None:
     try:
-        pool.token("acme")
+        if isinstance(pool, BlockingTokenPool):
+            pool.token("acme")
+        else:
+            pool._require_open()  # what every TokenPool method checks first
     except ForkedPoolError as exc:
         queue.put(("forked", str(exc)))
     except BaseException as exc:
@@ -371,37 +374,42 @@ def _child_uses_pool(pool: BlockingTokenPool, queue: Any) -> None:
         queue.put(("no error", ""))
 
 
-def test_a_pool_used_after_fork_raises_a_clear_error(emulator: EmulatorProcess) -> None:
+def run_in_forked_child(pool: BlockingTokenPool | TokenPool) -> tuple[str, str, int | None]:
+    """Fork, use *pool* in the child, report what happened; never hang the suite."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
+    child = context.Process(target=_child_uses_pool, args=(pool, queue), daemon=True)
+    child.start()
+    try:
+        outcome, message = queue.get(timeout=30)
+        child.join(30)
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+        queue.close()
+    return outcome, message, child.exitcode
+
+
+def test_a_pool_used_after_fork_raises_a_clear_error(emulator: EmulatorProcess) -> None:
     with BlockingTokenPool({"acme": generic(emulator)}, ca_file=emulator.ca_file, metrics=False) as pool:
         pool.token("acme")
-        child = context.Process(target=_child_uses_pool, args=(pool, queue))
-        child.start()
-        child.join(30)
-        outcome, message = queue.get(timeout=5)
+        outcome, message, exitcode = run_in_forked_child(pool)
         # The parent's pool is untouched by the child.
         assert pool.token("acme").access_token
-    assert child.exitcode == 0
     assert outcome == "forked", message
+    assert exitcode == 0  # and the child exited: nothing waited for the parent's loop thread
     assert "fork" in message
     assert "create a new pool in the child" in message
 
 
 async def test_async_pool_in_a_forked_child_raises(emulator: EmulatorProcess) -> None:
-    pool = pool_for(emulator)
-    async with pool:
+    async with pool_for(emulator) as pool:
         await pool.token("acme")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                pool._require_open()
-            except ForkedPoolError:
-                code = 7
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - the child exits at once
-    assert os.waitstatus_to_exitcode(status) == 7
+        outcome, message, exitcode = await anyio.to_thread.run_sync(run_in_forked_child, pool)
+        assert (await pool.token("acme")).access_token
+    assert outcome == "forked", message
+    assert exitcode == 0
 
 
 def test_runs_on_uvloop(emulator: EmulatorProcess) -> None:

@@ -148,6 +148,15 @@ async def _read(body: bytes, limit: int, *, declared: bool) -> bytes:
 
 
 @pytest.mark.anyio
+async def test_an_already_read_response_is_capped_too() -> None:
+    from tokenpool._pool import _read_capped
+
+    assert await _read_capped(httpx.Response(200, json={"a": 1}), 100) == b'{"a":1}'
+    with pytest.raises(InvalidTokenResponse, match="more than 10"):
+        await _read_capped(httpx.Response(200, content=b"x" * 11), 10)
+
+
+@pytest.mark.anyio
 async def test_compressed_bodies_are_decoded_under_the_same_cap() -> None:
     import gzip
 
