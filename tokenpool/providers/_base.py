@@ -12,10 +12,11 @@ from typing import Any, ClassVar, Self
 
 import httpx
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, TokenRequestError
 from .._secret import Secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
+from ._parse import scrub_error
 
 __all__ = ["ClientCertificate", "Provider"]
 
@@ -86,12 +87,20 @@ class Provider(abc.ABC):
     def build_request(self) -> httpx.Request:
         """Build one token request (fresh each time; requests are not reused)."""
 
-    @abc.abstractmethod
     def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         """Turn the token endpoint's answer into a token, or raise a typed error.
 
-        Must never raise anything other than a ``TokenRequestError`` subclass.
+        Raises only ``TokenRequestError`` subclasses, with every secret of this
+        provider scrubbed from their text (a server may echo what it was sent).
         """
+        try:
+            return self._parse(status_code, headers, body)
+        except TokenRequestError as exc:
+            raise scrub_error(exc, self._secrets()) from None
+
+    @abc.abstractmethod
+    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
+        """The adapter's own parsing; :meth:`parse_response` scrubs what it raises."""
 
     def api_headers(self) -> Mapping[str, str]:
         """Headers to add to every API call besides ``Authorization``."""
@@ -101,11 +110,21 @@ class Provider(abc.ABC):
         """The certificate for mutual TLS on the token endpoint, if the provider needs one."""
         return None
 
-    @abc.abstractmethod
     def with_credentials(
         self, *, client_id: str | None = None, client_secret: str | Secret | None = None
     ) -> Self:
-        """A copy with new credentials (for secret rotation in a running pool)."""
+        """A copy with new credentials (for secret rotation in a running pool).
+
+        Built with ``dataclasses.replace``, so ``__post_init__`` validates the
+        new values (and NTX MX re-reads its certificate file).  An adapter that
+        is not a dataclass overrides this.
+        """
+        changes: dict[str, Any] = {}
+        if client_id is not None:
+            changes["client_id"] = client_id
+        if client_secret is not None:
+            changes["client_secret"] = client_secret
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def _secrets(self) -> list[str]:
         """Secret strings to scrub from anything the server echoes back."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 
-from .._exceptions import ConfigurationError, TokenRequestError
+from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
@@ -22,7 +21,6 @@ from ._parse import (
     error_in_body,
     json_object,
     parse_expires_in,
-    scrub_error,
     standard_token,
 )
 
@@ -105,12 +103,6 @@ class ClientCredentials(Provider):
             form["client_secret"] = secret
         return httpx.Request("POST", self.token_url, data=form, headers=headers)
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         host = httpx.URL(self.token_url).host
         hint = f"check client_id/client_secret for {host} and auth_method={self.auth_method!r}"
@@ -124,13 +116,3 @@ class ClientCredentials(Provider):
 
     def api_headers(self) -> Mapping[str, str]:
         return self.extra_api_headers
-
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            # A str goes through __post_init__'s checks (ConfigurationError, not ValueError).
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 
-from .._exceptions import ConfigurationError, TokenRequestError
+from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
@@ -23,7 +22,6 @@ from ._parse import (
     json_object,
     require_header_value,
     require_path_segment,
-    scrub_error,
     standard_token,
 )
 
@@ -117,12 +115,6 @@ class Navro(Provider):
         body = b"grant_type=client_credentials&scope=openid"
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check client_id/secret for company {self.company!r} in the Navro {self.environment} Hub"
         if status_code != 200:
@@ -146,12 +138,3 @@ class Navro(Provider):
 
     def api_headers(self) -> Mapping[str, str]:
         return {"X-API-Version": self.api_version}
-
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )

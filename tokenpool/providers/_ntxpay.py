@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
 
-from .._exceptions import ConfigurationError, CredentialsRejected, InvalidTokenResponse, TokenRequestError
+from .._exceptions import ConfigurationError, CredentialsRejected, InvalidTokenResponse
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
@@ -24,7 +23,6 @@ from ._parse import (
     json_body,
     json_object,
     safe_text,
-    scrub_error,
     standard_token,
 )
 
@@ -167,12 +165,6 @@ class NtxPayMX(Provider):
         }
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         secrets = self._secrets()
         if status_code == 401:
@@ -233,15 +225,6 @@ class NtxPayMX(Provider):
     def mtls_certificate(self) -> ClientCertificate:
         return self.client_certificate
 
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )
-
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class NtxPayPix(Provider):
@@ -295,12 +278,6 @@ class NtxPayPix(Provider):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check clientId/clientSecret for {self.token_url.host}"
         if status_code not in _SUCCESS:
@@ -320,12 +297,3 @@ class NtxPayPix(Provider):
         if error is not None:
             raise error
         return standard_token(data, default_expires_in=3600.0)
-
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )

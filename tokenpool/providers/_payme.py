@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
 
@@ -24,7 +23,6 @@ from ._parse import (
     json_object,
     require_header_value,
     safe_text,
-    scrub_error,
     standard_token,
 )
 
@@ -170,12 +168,6 @@ class PayMe(Provider):
         }
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = (
             f"check client_id/client_secret, audience and scope for the Pay-me {self.environment} environment"
@@ -237,12 +229,3 @@ class PayMe(Provider):
 
     def api_headers(self) -> Mapping[str, str]:
         return {"ALG-API-VERSION": self.api_version}
-
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 
-from .._exceptions import ConfigurationError, TokenRequestError
+from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
@@ -22,7 +21,6 @@ from ._parse import (
     json_object,
     require_header_value,
     require_path_segment,
-    scrub_error,
     standard_token,
 )
 
@@ -113,12 +111,6 @@ class Zertiban(Provider):
             "POST", self.token_url, content=b"grant_type=client_credentials", headers=headers
         )
 
-    def parse_response(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        try:
-            return self._parse(status_code, headers, body)
-        except TokenRequestError as exc:
-            raise scrub_error(exc, self._secrets()) from None
-
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check clientId/clientSecret for the Zertiban {self.environment} environment"
         if status_code != 200:
@@ -131,12 +123,3 @@ class Zertiban(Provider):
 
     def api_headers(self) -> Mapping[str, str]:
         return {"x-tenant-id": self.business_uuid}
-
-    def with_credentials(
-        self, *, client_id: str | None = None, client_secret: str | Secret | None = None
-    ) -> Self:
-        return dataclasses.replace(
-            self,
-            client_id=self.client_id if client_id is None else client_id,
-            client_secret=self.client_secret if client_secret is None else client_secret,
-        )
