@@ -279,8 +279,9 @@ class Cell:
         self._observer.refresh_started(self, attempt)
         sent_at = self.clock.now()
         try:
-            with anyio.fail_after(provider.refresh.request_timeout):
-                response = await self._fetch(self.name, provider)
+            # The fetch applies provider.refresh.request_timeout to the request
+            # itself, not to its wait for a free request slot.
+            response = await self._fetch(self.name, provider)
             token = provider.refresh.stamp(response, sent_at=sent_at, u=self._u)
         except TimeoutError:
             error: TokenRequestError = TokenEndpointUnreachable(

@@ -475,11 +475,13 @@ class TokenPool:
         client = self._client_for(provider)
         async with self._slots:
             try:
-                response = await client.send(request, stream=True)
-                try:
-                    body = await _read_capped(response, MAX_BODY_BYTES)
-                finally:
-                    await response.aclose()
+                # Raises TimeoutError past the deadline; the cell reports it.
+                with anyio.fail_after(provider.refresh.request_timeout):
+                    response = await client.send(request, stream=True)
+                    try:
+                        body = await _read_capped(response, MAX_BODY_BYTES)
+                    finally:
+                        await response.aclose()
             except httpx.TimeoutException as exc:
                 raise TokenEndpointUnreachable(
                     f"token endpoint timed out ({type(exc).__name__})", provider=name
