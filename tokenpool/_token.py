@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 __all__ = ["Token", "TokenResponse"]
@@ -64,11 +63,3 @@ class Token:
 
     def __str__(self) -> str:
         return repr(self)
-
-    def remaining(self, now: float) -> float:
-        """Seconds until :attr:`expires_at` as seen at monotonic time *now*."""
-        return self.expires_at - now
-
-    def replace(self, **changes: float) -> Token:
-        """Return a copy with some timing fields changed (used by tests and invalidation)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
