@@ -69,6 +69,7 @@ class Cell:
         "_token_provider",
         "_u",
         "_wake",
+        "api_headers",
         "clock",
         "foreign_hits",
         "hits",
@@ -92,6 +93,8 @@ class Cell:
     ) -> None:
         self.name = name
         self.provider = provider
+        #: The provider's extra API headers, built once (the auth flow reads them per request).
+        self.api_headers = dict(provider.api_headers())
         self.clock = clock
         #: The current token, possibly stale or expired; ``None`` before the first one.
         self.token: Token | None = None
@@ -201,6 +204,7 @@ class Cell:
         goes out at once.
         """
         self.provider = provider
+        self.api_headers = dict(provider.api_headers())
         self._not_before = -math.inf
         if self._last_error is not None or self.token is None:
             self._demand = True

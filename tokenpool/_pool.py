@@ -381,7 +381,7 @@ class TokenPool:
         cell = self._all_cells.get(name)
         if cell is None:
             raise self._lookup_error(name)
-        return cell.provider.api_headers()
+        return cell.api_headers
 
     @property
     def names(self) -> list[str]:
