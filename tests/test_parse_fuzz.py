@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import json
 import math
+import urllib.parse
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,10 +40,32 @@ with warnings.catch_warnings(), contextlib.suppress(ImportError):
     warnings.simplefilter("ignore", DeprecationWarning)
     importlib.import_module("libcst")
 
-SECRET = "fuzz-Secret-0123456789"
-# ClientCredentials has no outgoing scrub: a server echoing the secret into
-# ``expires_in`` or ``token_type`` would show it.  Only the five adapters promise it.
-SCRUBBING = {"ntxpay_mx", "ntxpay_pix", "payme", "zertiban", "navro"}
+# Characters that change under form-urlencoding and JSON escaping, so every wire form differs.
+SECRET = 'fuzz+Secret/0123"456\\789 é&%'
+CLIENT_ID = "id"
+# Every adapter scrubs what it raises (Provider.parse_response), the generic one too.
+SCRUBBING = {"client_credentials", "ntxpay_mx", "ntxpay_pix", "payme", "zertiban", "navro"}
+# The secret as a server might echo it: raw, form-urlencoded (two ways), JSON-escaped (two ways).
+SECRET_FORMS = [
+    SECRET,
+    urllib.parse.quote_plus(SECRET),
+    urllib.parse.quote(SECRET, safe=""),
+    json.dumps(SECRET)[1:-1],
+    json.dumps(SECRET, ensure_ascii=False)[1:-1],
+]
+# What a server might echo: those forms, and the Basic credentials as sent.
+ECHOES = sorted(
+    {
+        echo
+        for provider in (
+            ClientCredentials(
+                token_url="https://auth.example.com/token", client_id=CLIENT_ID, client_secret=SECRET
+            ),
+            Zertiban(client_id=CLIENT_ID, client_secret=SECRET, business_uuid="tenant"),
+        )
+        for echo in provider.sensitive_strings()
+    }
+)
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,16 +78,18 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Provider]:
     return {
         "client_credentials": ClientCredentials(
             token_url=httpx.URL("https://auth.example.com/token"),
-            client_id="id",
+            client_id=CLIENT_ID,
             client_secret=Secret(SECRET),
         ),
         "ntxpay_mx": NtxPayMX(
-            client_id="id", client_secret=SECRET, client_certificate=ClientCertificate(cert_file=str(path))
+            client_id=CLIENT_ID,
+            client_secret=SECRET,
+            client_certificate=ClientCertificate(cert_file=str(path)),
         ),
-        "ntxpay_pix": NtxPayPix(client_id="id", client_secret=SECRET),
-        "payme": PayMe(client_id="id", client_secret=SECRET, audience="https://api.example.com"),
-        "zertiban": Zertiban(client_id="id", client_secret=SECRET, business_uuid="tenant"),
-        "navro": Navro(client_id="id", client_secret=SECRET, company="acme"),
+        "ntxpay_pix": NtxPayPix(client_id=CLIENT_ID, client_secret=SECRET),
+        "payme": PayMe(client_id=CLIENT_ID, client_secret=SECRET, audience="https://api.example.com"),
+        "zertiban": Zertiban(client_id=CLIENT_ID, client_secret=SECRET, business_uuid="tenant"),
+        "navro": Navro(client_id=CLIENT_ID, client_secret=SECRET, company="acme"),
     }
 
 
@@ -76,7 +101,8 @@ scalars = (
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats()
     | st.text(max_size=30)
-    | st.just(SECRET)
+    | st.sampled_from(ECHOES)
+    | st.builds(lambda pad, echo: pad + echo, st.text(max_size=220), st.sampled_from(ECHOES))
 )
 json_values = st.recursive(
     scalars,
@@ -130,8 +156,13 @@ def check(adapters: Mapping[str, Provider], status: int, headers: Mapping[str, s
         if isinstance(result, Exception):
             assert isinstance(result, TokenRequestError), f"{name} raised {result!r}"
             if name in SCRUBBING:
-                assert SECRET not in str(result), name
-                assert SECRET not in repr(result), name
+                shown = [str(result), repr(result), result.hint or "", result.error_code or ""]
+                for echo in provider.sensitive_strings():
+                    assert not any(echo in text for text in shown), (name, echo)
+                for form in SECRET_FORMS:
+                    # Nor any 12-character run of it: an echo cut short by truncation must not show.
+                    runs = {form[i : i + 12] for i in range(len(form) - 11)}
+                    assert not any(run in text for run in runs for text in shown), (name, form)
             continue
         assert isinstance(result.expires_in, float), name
         assert math.isfinite(result.expires_in), name
@@ -172,7 +203,7 @@ odd_numbers = st.sampled_from(
 )
 expires_in_values = st.integers() | st.floats() | st.text(max_size=12) | odd_numbers | json_values
 token_types = (
-    st.sampled_from(["Bearer", "bearer", "BEARER ", "MAC", "", "Bearer\r\nX: y", SECRET]) | json_values
+    st.sampled_from(["Bearer", "bearer", "BEARER ", "MAC", "", "Bearer\r\nX: y", *ECHOES]) | json_values
 )
 access_tokens = (
     st.text(max_size=40)
@@ -202,10 +233,12 @@ def token_bodies(draw: st.DrawFn) -> bytes:
         "success": st.sampled_from([True, False, "true", 1, None]),
         "scope": json_values,
         "authorization": json_values
-        | st.just({"meta": {"status": {"code": SECRET, "message_ilgn": [{"value": SECRET}]}}}),
-        "error": st.sampled_from(["invalid_client", "server_error", "", SECRET]) | json_values,
-        "error_description": st.just(SECRET) | json_values,
-        "message": st.just(f"certificate {SECRET}") | json_values,
+        | st.sampled_from(ECHOES).map(
+            lambda echo: {"meta": {"status": {"code": echo, "message_ilgn": [{"value": echo}]}}}
+        ),
+        "error": st.sampled_from(["invalid_client", "server_error", "", *ECHOES]) | json_values,
+        "error_description": st.sampled_from(ECHOES) | json_values,
+        "message": st.sampled_from(ECHOES).map(lambda echo: f"certificate {echo}") | json_values,
     }
     for key in draw(st.lists(st.sampled_from(sorted(mutations)), unique=True, max_size=4)):
         value = draw(st.just(MISSING) | mutations[key])

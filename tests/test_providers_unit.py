@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import urllib.parse
@@ -24,7 +25,17 @@ from tokenpool._exceptions import (
 from tokenpool._secret import Secret
 from tokenpool._timing import RefreshPolicy
 from tokenpool._token import TokenResponse
-from tokenpool.providers import ClientCertificate, Navro, NtxPayMX, NtxPayPix, PayMe, Provider, Zertiban
+from tokenpool.providers import (
+    ClientCertificate,
+    ClientCredentials,
+    Navro,
+    NtxPayMX,
+    NtxPayPix,
+    PayMe,
+    Provider,
+    Zertiban,
+)
+from tokenpool.providers._parse import MIN_BACKSTOP_SCRUB, scrub, scrub_error
 
 SECRET = "a1b2c3d4e5f6g7h8"
 NEW_SECRET = "n3w-s3cr3t-after-reset"
@@ -98,6 +109,13 @@ def raises(
     with pytest.raises(TokenRequestError) as info:
         provider.parse_response(status, headers or {}, body)
     return info.value
+
+
+def tagged(error: TokenRequestError, provider: str) -> TokenRequestError:
+    """A copy of *error* carrying the pool's name for its provider, as the pool raises it."""
+    clone = copy.copy(error)
+    clone.provider = provider
+    return clone
 
 
 def payme_answer(**changes: Any) -> bytes:
@@ -741,4 +759,178 @@ def test_an_echoed_secret_never_reaches_the_error(
 
     assert SECRET not in str(error)
     assert SECRET not in repr(error)
-    assert SECRET not in str(error.for_provider("p"))
+    assert SECRET not in str(tagged(error, "p"))
+
+
+# ---------------------------------------------------------------- secrets in every wire form
+
+# Every character here changes under form-urlencoding, JSON escaping or both.
+ODD_SECRET = 'a+b/c=d"e\\f é&g%h'
+ODD_ID = "client-1"
+BASIC_KINDS = frozenset({"zertiban", "navro", "client_credentials"})
+
+
+def forms_of(secret: str) -> list[str]:
+    """The five text forms a server may echo: raw, two urlencodings, two JSON escapings."""
+    return [
+        secret,
+        urllib.parse.quote_plus(secret),
+        urllib.parse.quote(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    ]
+
+
+@pytest.fixture(params=["ntxpay_mx", "ntxpay_pix", "payme", "zertiban", "navro", "client_credentials"])
+def odd(request: pytest.FixtureRequest, certificate: ClientCertificate) -> Provider:
+    """Each adapter, the generic one too, holding :data:`ODD_SECRET`."""
+    creds: dict[str, Any] = {"client_id": ODD_ID, "client_secret": ODD_SECRET}
+    builders: dict[str, Callable[[], Provider]] = {
+        "ntxpay_mx": lambda: make_mx(certificate, **creds),
+        "ntxpay_pix": lambda: make_pix(**creds),
+        "payme": lambda: make_payme(**creds),
+        "zertiban": lambda: make_zertiban(**creds),
+        "navro": lambda: make_navro(**creds),
+        "client_credentials": lambda: ClientCredentials(token_url="https://auth.example.com/token", **creds),
+    }
+    return builders[request.param]()
+
+
+def echoable(provider: Provider) -> list[str]:
+    """What the test expects :meth:`Provider.sensitive_strings` to hold, built from the wire request."""
+    expected = forms_of(ODD_SECRET)
+    authorization = provider.build_request().headers.get("authorization")
+    if authorization is not None:
+        expected += [authorization, authorization.removeprefix("Basic ")]
+    return expected
+
+
+def test_odd_secret_changes_under_every_encoding() -> None:
+    assert len(ODD_SECRET) >= 12
+    assert len(set(forms_of(ODD_SECRET))) == 5
+
+
+def test_sensitive_strings_are_every_wire_form(odd: Provider) -> None:
+    strings = odd.sensitive_strings()
+
+    assert set(strings) == set(echoable(odd))
+    assert all(isinstance(s, str) and s for s in strings)
+    assert len(strings) == len(set(strings))
+    assert [len(s) for s in strings] == sorted((len(s) for s in strings), reverse=True)
+    has_basic = odd.build_request().headers.get("authorization") is not None
+    assert has_basic == (odd.kind in BASIC_KINDS)
+
+
+def test_generic_basic_credential_is_the_one_it_sends() -> None:
+    provider = ClientCredentials(
+        token_url="https://auth.example.com/token", client_id="my client", client_secret=ODD_SECRET
+    )
+    header = provider.build_request().headers["authorization"]
+    encoded = f"{urllib.parse.quote_plus('my client')}:{urllib.parse.quote_plus(ODD_SECRET)}".encode()
+
+    assert header == "Basic " + base64.b64encode(encoded).decode()
+    assert {header, header.removeprefix("Basic ")} <= set(provider.sensitive_strings())
+    post = dataclasses.replace(provider, auth_method="client_secret_post")
+    assert set(post.sensitive_strings()) == set(forms_of(ODD_SECRET))
+
+
+def test_short_secrets_are_left_to_the_basic_credential() -> None:
+    short = "s+cr/t"
+    assert len(short) < MIN_BACKSTOP_SCRUB
+    zertiban = make_zertiban(client_id="c", client_secret=short)
+    header = zertiban.build_request().headers["authorization"]
+
+    assert sorted(zertiban.sensitive_strings()) == sorted([header, header.removeprefix("Basic ")])
+    assert make_pix(client_secret="s+cr/t/x").sensitive_strings() == sorted(
+        set(forms_of("s+cr/t/x")), key=len, reverse=True
+    )
+    assert make_payme(client_secret=short).sensitive_strings() == []
+
+
+def test_a_certificate_password_is_sensitive_too(leaf: trustme.LeafCert, tmp_path: Path) -> None:
+    path = tmp_path / "client.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
+    password = "pass+word/1234"
+    provider = make_mx(ClientCertificate(cert_file=str(path), password=password))
+
+    assert set(forms_of(password)) <= set(provider.sensitive_strings())
+    assert set(forms_of(SECRET)) <= set(provider.sensitive_strings())
+
+
+def test_scrub_replaces_longer_forms_first() -> None:
+    assert scrub("<Basic QUJD>", ["QUJD", "Basic QUJD"]) == "<**********>"
+    assert scrub("x-abcdefgh-y", ["abc", "abcdefgh"]) == "x-**********-y"
+
+
+def test_scrub_error_keeps_the_minimum_length_rule_by_default() -> None:
+    error = CredentialsRejected("client_secret=short was refused", hint="secret")
+    assert scrub_error(error, ["short", "secret"]) is error
+    assert "short" not in scrub_error(error, ["short"], min_length=0).message
+
+
+def fragments(text: str, size: int = 10) -> set[str]:
+    """Every *size*-character run of *text*: a leak cut short by truncation still shows one."""
+    return {text[i : i + size] for i in range(len(text) - size + 1)} or {text}
+
+
+def assert_clean(error: TokenRequestError, provider: Provider) -> None:
+    texts = {
+        "str": str(error),
+        "message": error.message,
+        "hint": error.hint or "",
+        "error_code": error.error_code or "",
+        "repr": repr(error),
+        "tagged": str(tagged(error, "payouts")),
+    }
+    for form in echoable(provider):
+        for where, text in texts.items():
+            assert form not in text, (where, form, text)
+            leaked = [piece for piece in fragments(form) if piece in text]
+            assert not leaked, (where, form, leaked)
+
+
+def echo_bodies(form: str) -> list[bytes]:
+    """Token-endpoint answers that quote *form* back in each field some adapter shows."""
+    said = f"invalid client secret {form} for client {ODD_ID}"
+    long_said = "x" * 190 + form  # straddles the 200-character cut of quoted text
+    status = {"code": form, "message_ilgn": [{"locale": "es_PE", "value": said}]}
+    objects: list[dict[str, Any]] = [
+        {"error": "invalid_client", "error_description": said},
+        {"error": "invalid_client", "error_description": long_said},
+        {"error": form, "error_description": said},
+        {"error": "x" * 60 + form},  # error codes are cut at 64 characters
+        {"code": form, "message": said},
+        {"errorCode": form, "detail": said},
+        {"statusCode": 401, "message": said, "error": "Unauthorized"},
+        {"statusCode": 401, "message": [said, f"certificate {form}"]},
+        {"access_token": "abc", "expires_in": form},
+        {"access_token": "abc", "expires_in": "9" * 30 + form},
+        {"access_token": "abc", "expires_in": 60, "token_type": form},
+        {"access_token": "abc", "expires_in": 60, "token_type": "MAC" + form},
+        {"success": False, "authorization": {"meta": {"status": status}}},
+        {
+            "success": True,
+            "access_token": "abc",
+            "expires_in": 60,
+            "authorization": {"meta": {"status": status}},
+        },
+        {"success": False, "error": "invalid_client", "error_description": long_said},
+    ]
+    return [json.dumps(data).encode() for data in objects] + [
+        said.encode(),
+        f"<html><body>{said}</body></html>".encode(),
+        f"grant_type=client_credentials&client_secret={form}".encode(),
+    ]
+
+
+@pytest.mark.parametrize("status", [200, 201, 400, 401, 403, 404, 429, 500, 503])
+def test_no_wire_form_of_the_secret_is_echoed_into_an_error(odd: Provider, status: int) -> None:
+    failures = 0
+    for form in echoable(odd):
+        for body in echo_bodies(form):
+            try:
+                odd.parse_response(status, {"retry-after": "5"}, body)
+            except TokenRequestError as error:
+                failures += 1
+                assert_clean(error, odd)
+    assert failures  # the bodies above are refusals, not tokens

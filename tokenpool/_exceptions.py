@@ -10,8 +10,15 @@
     └── TokenRequestError               fetching a token failed; carries provider/status/error code
         ├── CredentialsRejected         the token endpoint refused our credentials (400/401/403)
         ├── TokenEndpointError          retryable answer: 5xx, 429, 408 (carries retry_after)
-        ├── TokenEndpointUnreachable    connect error, timeout, connection dropped
-        └── InvalidTokenResponse        answer we cannot use: not JSON, no access_token, bad expires_in…
+        ├── TokenEndpointUnreachable    no answer: connection refused or dropped
+        │   ├── TokenEndpointTimeout    no answer within the request deadline
+        │   └── TokenEndpointTLSError   TLS failed: certificate verification, client certificate refused
+        ├── InvalidTokenResponse        answer we cannot use: not JSON, no access_token, bad expires_in…
+        └── AdapterError                the provider adapter itself failed (a bug, not the provider)
+
+Every ``TokenRequestError`` has a :attr:`~TokenRequestError.reason`, a short
+fixed word (the ``reason`` label of ``tokenpool_refresh_failures_total``),
+chosen by class and status, never derived from message text.
 
 No exception raised by tokenpool ever contains a client secret, an access token
 or certificate material: messages name the provider, the HTTP status, the
@@ -23,6 +30,7 @@ from __future__ import annotations
 import copy
 
 __all__ = [
+    "AdapterError",
     "ConfigurationError",
     "CredentialsRejected",
     "ForkedPoolError",
@@ -30,6 +38,8 @@ __all__ = [
     "InvalidTokenResponse",
     "PoolStateError",
     "TokenEndpointError",
+    "TokenEndpointTLSError",
+    "TokenEndpointTimeout",
     "TokenEndpointUnreachable",
     "TokenPoolError",
     "TokenRequestError",
@@ -96,7 +106,12 @@ class TokenRequestError(TokenPoolError):
         error_code: The provider's own error code (RFC 6749 ``error`` or
             similar), if it gave one.  Never a secret.
         hint: What to check, in plain words.
+        reason: A short fixed word for metrics and logs (``"unreachable"``,
+            ``"credentials_rejected"``…); see ``tokenpool.metrics.FAILURE_REASONS``.
     """
+
+    #: The ``reason`` of every instance of the class (a subclass may refine it per instance).
+    default_reason = "other"
 
     def __init__(
         self,
@@ -125,11 +140,9 @@ class TokenRequestError(TokenPoolError):
             parts.append(f"; hint: {self.hint}")
         return "".join(parts)
 
-    def for_provider(self, provider: str) -> TokenRequestError:
-        """Return a copy tagged with the pool's name for the provider."""
-        clone = copy.copy(self)
-        clone.provider = provider
-        return clone
+    @property
+    def reason(self) -> str:
+        return self.default_reason
 
 
 class CredentialsRejected(TokenRequestError):
@@ -138,6 +151,8 @@ class CredentialsRejected(TokenRequestError):
     Retried slowly (never in a storm) because an operator may fix the
     credentials; see ``TokenPool.replace_provider``.
     """
+
+    default_reason = "credentials_rejected"
 
 
 class TokenEndpointError(TokenRequestError):
@@ -151,13 +166,50 @@ class TokenEndpointError(TokenRequestError):
         self.retry_after = retry_after
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
+    default_reason = "endpoint_error"
+
+    @property
+    def reason(self) -> str:
+        return "rate_limited" if self.status_code == 429 else "endpoint_error"
+
 
 class TokenEndpointUnreachable(TokenRequestError):
-    """No answer came: connection refused or dropped, TLS failure, or a timeout."""
+    """No answer came: connection refused or dropped (see the subclasses for timeouts and TLS)."""
+
+    default_reason = "unreachable"
+
+
+class TokenEndpointTimeout(TokenEndpointUnreachable):
+    """No complete answer within the request deadline (``RefreshPolicy.request_timeout``)."""
+
+    default_reason = "timeout"
+
+
+class TokenEndpointTLSError(TokenEndpointUnreachable):
+    """The TLS handshake with the token endpoint failed.
+
+    Either we could not verify the server's certificate (unknown CA: set
+    ``ca_file``; expired; wrong host name) or the server refused ours (mutual
+    TLS: expired, revoked or unknown client certificate).
+    """
+
+    default_reason = "tls"
 
 
 class InvalidTokenResponse(TokenRequestError):
     """The token endpoint answered, but not with a token we can use."""
+
+    default_reason = "invalid_response"
+
+
+class AdapterError(TokenRequestError):
+    """The provider adapter raised something other than a tokenpool error: a bug in the adapter.
+
+    Reported by exception type only (its text may quote the request); retried
+    with backoff like any failure.
+    """
+
+    default_reason = "adapter_error"
 
 
 def clone_for_raise(exc: BaseException) -> BaseException:

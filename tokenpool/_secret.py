@@ -13,7 +13,9 @@ class Secret:
     The value is only reachable through :meth:`reveal`, so a secret cannot slip
     into a log line, an f-string or an exception message without someone
     writing ``.reveal()`` on purpose.  Secrets refuse to be pickled, so they do
-    not travel into task queues or result backends either.
+    not travel into task queues or result backends either.  ``copy.copy`` and
+    ``copy.deepcopy`` return the secret itself: it is immutable, so a copy of
+    an object holding one (a provider, a client certificate) shares it.
 
     Args:
         value: The secret text.  Must not be empty.
@@ -52,6 +54,12 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash((Secret, self._value))
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("tokenpool.Secret refuses to be pickled")

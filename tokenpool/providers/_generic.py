@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,12 +14,21 @@ from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
 from .._urls import require_secure_url
-from ._base import Provider, coerce_secret, require_policy, require_text
+from ._base import (
+    Provider,
+    coerce_secret,
+    require_lifetime,
+    require_optional_text,
+    require_policy,
+    require_text,
+    require_text_mapping,
+)
 from ._parse import (
+    basic_authorization,
     error_for_status,
     error_in_body,
     json_object,
-    parse_expires_in,
+    require_headers,
     standard_token,
 )
 
@@ -41,14 +49,24 @@ class ClientCredentials(Provider):
             Basic header, each form-urlencoded first as RFC 6749 §2.3.1 says;
             ``"client_secret_post"`` sends them in the form body.
         scope: Space-separated scopes to request, if any.
-        extra_params: More form fields (``audience``, ``resource``…).
-        default_expires_in: Lifetime to assume when a response has no
-            ``expires_in``.  ``None`` (the default) treats such a response as
-            invalid: RFC 6749 leaves the lifetime to documentation, and a
-            guessed lifetime is how 401s happen.
-        headers: Extra headers on the token request.
-        extra_api_headers: Extra headers on every API call.
+        extra_params: More form fields (``audience``, ``resource``…), ``str``
+            to ``str``.
+        default_expires_in: Lifetime in seconds to assume when a response has
+            no ``expires_in``: a positive finite number (a numeric string is
+            accepted too) of at most 366 days.  ``None`` (the default) treats
+            such a response as invalid: RFC 6749 leaves the lifetime to
+            documentation, and a guessed lifetime is how 401s happen.
+        headers: Extra headers on the token request, ``str`` to ``str``; they
+            replace the adapter's ``Accept``.  Not ``Authorization`` with
+            ``client_secret_basic``, nor the framing headers httpx manages
+            (``Host``, ``Content-Length``, ``Transfer-Encoding``…).
+        extra_api_headers: Extra headers on every API call, ``str`` to
+            ``str``; not ``Authorization`` (the bearer token) nor a framing
+            header.
         refresh: When to renew and how to back off.
+
+    Every setting is checked here, so :meth:`build_request` cannot fail on a
+    provider that was built.
     """
 
     kind = "client_credentials"
@@ -75,16 +93,15 @@ class ClientCredentials(Provider):
                 f"ClientCredentials.auth_method must be 'client_secret_basic' or 'client_secret_post', "
                 f"got {self.auth_method!r}"
             )
-        if self.default_expires_in is not None:
-            object.__setattr__(
-                self, "default_expires_in", parse_expires_in(self.default_expires_in, default=None)
-            )
+        require_optional_text(self, "scope")
+        require_lifetime(self, "default_expires_in")
+        require_text_mapping(self, "extra_params")
         reserved = {"grant_type", "client_id", "client_secret", "scope"} & set(self.extra_params)
         if reserved:
             raise ConfigurationError(f"ClientCredentials.extra_params must not set {sorted(reserved)}")
-        object.__setattr__(self, "extra_params", dict(self.extra_params))
-        object.__setattr__(self, "headers", dict(self.headers))
-        object.__setattr__(self, "extra_api_headers", dict(self.extra_api_headers))
+        basic = self.auth_method == "client_secret_basic"
+        require_headers(self, "headers", reserved=["Authorization"] if basic else [])
+        require_headers(self, "extra_api_headers", reserved=["Authorization"])
         require_policy(self)
 
     def build_request(self) -> httpx.Request:
@@ -92,27 +109,35 @@ class ClientCredentials(Provider):
         if self.scope:
             form["scope"] = self.scope
         form.update(self.extra_params)
-        headers = {"Accept": "application/json", **self.headers}
-        secret = as_secret(self.client_secret).reveal()
-        if self.auth_method == "client_secret_basic":
-            quote = urllib.parse.quote_plus
-            pair = f"{quote(self.client_id)}:{quote(secret)}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        # httpx.Headers.update replaces case-insensitively: a user's "accept" replaces ours.
+        headers = httpx.Headers({"Accept": "application/json"})
+        headers.update(self.headers)
+        authorization = self._basic_authorization()
+        if authorization is not None:
+            headers["Authorization"] = authorization
         else:
             form["client_id"] = self.client_id
-            form["client_secret"] = secret
+            form["client_secret"] = as_secret(self.client_secret).reveal()
         return httpx.Request("POST", self.token_url, data=form, headers=headers)
+
+    def _basic_authorization(self) -> str | None:
+        """RFC 6749 §2.3.1: each credential form-urlencoded, then HTTP Basic."""
+        if self.auth_method != "client_secret_basic":
+            return None
+        quote = urllib.parse.quote_plus
+        return basic_authorization(quote(self.client_id), quote(as_secret(self.client_secret).reveal()))
 
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         host = httpx.URL(self.token_url).host
         hint = f"check client_id/client_secret for {host} and auth_method={self.auth_method!r}"
+        secrets = self._secrets()
         if status_code != 200:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=self._secrets())
+            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
         data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=self._secrets())
+        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
         if error is not None:
             raise error
-        return standard_token(data, default_expires_in=self.default_expires_in)
+        return standard_token(data, default_expires_in=self.default_expires_in, secrets=secrets)
 
     def api_headers(self) -> Mapping[str, str]:
         return self.extra_api_headers

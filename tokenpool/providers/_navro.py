@@ -108,22 +108,27 @@ class Navro(Provider):
     def build_request(self) -> httpx.Request:
         headers = {
             "X-API-Version": self.api_version,
-            "Authorization": basic_authorization(self.client_id, as_secret(self.client_secret).reveal()),
+            "Authorization": self._basic_authorization(),
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
         }
         body = b"grant_type=client_credentials&scope=openid"
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
+    def _basic_authorization(self) -> str:
+        """The raw ``client_id:secret`` in HTTP Basic, as the doc describes it."""
+        return basic_authorization(self.client_id, as_secret(self.client_secret).reveal())
+
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check client_id/secret for company {self.company!r} in the Navro {self.environment} Hub"
+        secrets = self._secrets()
         if status_code != 200:
             raise error_for_status(
                 status_code,
                 headers,
                 body,
                 credentials_hint=hint,
-                secrets=self._secrets(),
+                secrets=secrets,
                 status_hints={
                     401: "if the client secret was reset in the Navro Hub, the old one now fails: put "
                     "the new one into the running pool with pool.replace_provider(name, "
@@ -131,10 +136,10 @@ class Navro(Provider):
                 },
             )
         data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=self._secrets())
+        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
         if error is not None:
             raise error
-        return standard_token(data, default_expires_in=300.0)
+        return standard_token(data, default_expires_in=300.0, secrets=secrets)
 
     def api_headers(self) -> Mapping[str, str]:
         return {"X-API-Version": self.api_version}

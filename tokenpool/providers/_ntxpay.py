@@ -188,7 +188,7 @@ class NtxPayMX(Provider):
         )
         if error is not None:
             raise error
-        return standard_token(data, default_expires_in=600.0)
+        return standard_token(data, default_expires_in=600.0, secrets=secrets)
 
     def _credentials_fix(self) -> str:
         return (
@@ -280,20 +280,21 @@ class NtxPayPix(Provider):
 
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check clientId/clientSecret for {self.token_url.host}"
+        secrets = self._secrets()
         if status_code not in _SUCCESS:
             raise error_for_status(
                 status_code,
                 headers,
                 body,
                 credentials_hint=hint,
-                secrets=self._secrets(),
+                secrets=secrets,
                 status_hints={
                     403: "the credentials were accepted but lack a permission: ask NTX Pay to grant "
                     "this client the scopes it needs (e.g. pix:read pix:write)",
                 },
             )
         data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=self._secrets())
+        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
         if error is not None:
             raise error
-        return standard_token(data, default_expires_in=3600.0)
+        return standard_token(data, default_expires_in=3600.0, secrets=secrets)

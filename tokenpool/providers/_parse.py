@@ -13,7 +13,9 @@ import copy
 import email.utils
 import json
 import math
+import string
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,10 +40,12 @@ __all__ = [
     "json_object",
     "parse_expires_in",
     "require_header_value",
+    "require_headers",
     "require_path_segment",
     "retry_after_seconds",
     "safe_text",
     "scrub_error",
+    "secret_forms",
     "standard_token",
 ]
 
@@ -65,11 +69,39 @@ def _printable(text: str, limit: int = 200) -> str:
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Remove every secret from *text* (a server might echo what it was sent)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "**********")
+    """Remove every secret from *text* (a server might echo what it was sent).
+
+    Longer strings go first: when one secret form holds another (a Basic
+    header holds its base64 credential), replacing the shorter one first
+    would leave the rest of the longer one behind.
+    """
+    for secret in sorted({secret for secret in secrets if secret}, key=len, reverse=True):
+        text = text.replace(secret, "**********")
     return text
+
+
+def secret_forms(secret: str) -> list[str]:
+    """*secret* as it may come back from a server: raw, form-urlencoded, JSON-escaped.
+
+    The forms are the raw text, ``urllib.parse.quote_plus`` and
+    ``quote(safe="")`` (``application/x-www-form-urlencoded`` bodies and
+    Basic credentials encoded per RFC 6749 §2.3.1), and the inside of a JSON
+    string with and without ``ensure_ascii``.  Distinct and non-empty, in that
+    order.  A form that cannot be built (a lone surrogate has no UTF-8
+    percent-encoding) is left out rather than raising.
+    """
+    forms = [secret]
+    for encode in (
+        urllib.parse.quote_plus,
+        lambda text: urllib.parse.quote(text, safe=""),
+        lambda text: json.dumps(text)[1:-1],
+        lambda text: json.dumps(text, ensure_ascii=False)[1:-1],
+    ):
+        try:
+            forms.append(encode(secret))
+        except UnicodeError:
+            continue
+    return list(dict.fromkeys(form for form in forms if form))
 
 
 def looks_like_html(body: bytes) -> bool:
@@ -101,12 +133,15 @@ def json_object(body: bytes, *, status_code: int | None = None) -> dict[str, Any
     return data
 
 
-def parse_expires_in(value: object, *, default: float | None, field: str = "expires_in") -> float:
-    """Validate a lifetime.
+def parse_expires_in(
+    value: object, *, default: float | None, field: str = "expires_in", secrets: Iterable[str] = ()
+) -> float:
+    """Validate a lifetime from a token response.
 
     ``None`` (absent) becomes *default* if the provider documents one, else an
     error.  Numbers and numeric strings are accepted; booleans, NaN, infinity,
     zero, negatives and anything above :data:`MAX_EXPIRES_IN` are rejected.
+    A string that is quoted in the error has *secrets* scrubbed first.
     """
     if value is None:
         if default is None:
@@ -121,7 +156,9 @@ def parse_expires_in(value: object, *, default: float | None, field: str = "expi
         try:
             number = float(value.strip())
         except ValueError:
-            raise InvalidTokenResponse(f"{field!r} is not a number: {_printable(value, 40)!r}") from None
+            raise InvalidTokenResponse(
+                f"{field!r} is not a number: {safe_text(value, secrets, 40)!r}"
+            ) from None
     elif isinstance(value, int | float):
         try:
             number = float(value)
@@ -151,12 +188,15 @@ def parse_access_token(value: object) -> str:
     return value
 
 
-def parse_token_type(value: object) -> str:
-    """Accept ``bearer`` in any case (RFC 6749 §5.1) or absent; normalise to ``Bearer``."""
+def parse_token_type(value: object, secrets: Iterable[str] = ()) -> str:
+    """Accept ``bearer`` in any case (RFC 6749 §5.1) or absent; normalise to ``Bearer``.
+
+    A string that is quoted in the error has *secrets* scrubbed first.
+    """
     if value is None:
         return "Bearer"
     if not isinstance(value, str) or value.strip().lower() != "bearer":
-        shown = _printable(value, 20) if isinstance(value, str) else type(value).__name__
+        shown = safe_text(value, secrets, 20) if isinstance(value, str) else type(value).__name__
         raise InvalidTokenResponse(f"unsupported token_type {shown!r}; only Bearer tokens are supported")
     return "Bearer"
 
@@ -171,12 +211,20 @@ def parse_scope(value: object) -> str | None:
     raise InvalidTokenResponse(f"'scope' has type {type(value).__name__}, expected a string")
 
 
-def standard_token(data: Mapping[str, Any], *, default_expires_in: float | None) -> TokenResponse:
-    """Read the RFC 6749 §5.1 fields from a decoded JSON object."""
+def standard_token(
+    data: Mapping[str, Any], *, default_expires_in: float | None, secrets: Iterable[str] = ()
+) -> TokenResponse:
+    """Read the RFC 6749 §5.1 fields from a decoded JSON object.
+
+    *secrets* are scrubbed from any server value quoted in an error, before
+    it is cut to length (a cut through an echoed secret would leave a prefix
+    that no later scrub recognises).
+    """
+    secrets = list(secrets)
     return TokenResponse(
         access_token=parse_access_token(data.get("access_token")),
-        token_type=parse_token_type(data.get("token_type")),
-        expires_in=parse_expires_in(data.get("expires_in"), default=default_expires_in),
+        token_type=parse_token_type(data.get("token_type"), secrets),
+        expires_in=parse_expires_in(data.get("expires_in"), default=default_expires_in, secrets=secrets),
         scope=parse_scope(data.get("scope")),
     )
 
@@ -287,17 +335,23 @@ def safe_text(text: str, secrets: Iterable[str], limit: int = 200) -> str:
     return _printable(scrub(text, secrets), limit)
 
 
-def scrub_error(error: TokenRequestError, secrets: Iterable[str]) -> TokenRequestError:
+def scrub_error(
+    error: TokenRequestError, secrets: Iterable[str], *, min_length: int = MIN_BACKSTOP_SCRUB
+) -> TokenRequestError:
     """*error*, or a copy of it with every secret removed from its message, hint and error code.
 
     Adapters pass every error through this on the way out, so a secret that a
-    server echoed into a field no other helper scrubs (``expires_in``,
-    ``token_type``…) still never reaches a log line.  This backstop skips
-    secrets shorter than :data:`MIN_BACKSTOP_SCRUB` characters: those would
-    also match our own wording (a test secret ``"secret"`` would mangle the
-    hint ``client_secret=...``), and are no secret worth the name.
+    server echoed into a field no other helper scrubs still never reaches a
+    log line.  This backstop skips strings shorter than *min_length*
+    (:data:`MIN_BACKSTOP_SCRUB` by default): those would also match our own
+    wording (a test secret ``"secret"`` would mangle the hint
+    ``client_secret=...``), and are no secret worth the name.
+    :meth:`Provider.sensitive_strings() <tokenpool.providers.Provider.sensitive_strings>`
+    applies that rule itself, so its result is passed with ``min_length=0``.
     """
-    secrets = [secret for secret in secrets if len(secret) >= MIN_BACKSTOP_SCRUB]
+    secrets = sorted(
+        {secret for secret in secrets if secret and len(secret) >= min_length}, key=len, reverse=True
+    )
     texts = [text for text in (error.message, error.hint, error.error_code) if text]
     if not any(secret in text for secret in secrets for text in texts):
         return error
@@ -349,6 +403,69 @@ def require_path_segment(owner: object, name: str) -> None:
         raise ConfigurationError(f"{label} must not contain '/', whitespace or control characters")
     if value in {".", ".."}:
         raise ConfigurationError(f"{label} must not be '.' or '..'")
+
+
+#: Characters of an RFC 9110 ``token``, the syntax of a header name.
+_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+#: Headers that httpx and the HTTP/1.1 and HTTP/2 stacks manage themselves;
+#: a value set by hand breaks the framing or is refused by h2.
+FRAMING_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+    }
+)
+
+
+def require_headers(owner: object, name: str, *, reserved: Iterable[str] = ()) -> None:
+    """Insist that a setting maps header names to header values, and store a plain ``dict`` copy of it.
+
+    Names must be non-empty ``str`` of RFC 9110 token characters, each given
+    once (names are case-insensitive), and none of :data:`FRAMING_HEADERS` or
+    *reserved*.  Values must be ``str`` of visible ASCII, spaces and tabs,
+    neither starting nor ending with whitespace (what h11 and h2 accept); an
+    empty value is allowed.  Errors name the setting and the header, never
+    the value, which may be an API key.
+    """
+    headers = getattr(owner, name)
+    label = f"{type(owner).__name__}.{name}"
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(
+            f"{label} must be a mapping of header names to str values, got {type(headers).__name__}"
+        )
+    refused = FRAMING_HEADERS | {header.lower() for header in reserved}
+    seen: set[str] = set()
+    for key, value in headers.items():
+        if not isinstance(key, str):
+            raise ConfigurationError(f"{label}: header names must be str, got {type(key).__name__}")
+        if not key or not set(key) <= _TOKEN_CHARACTERS:
+            raise ConfigurationError(
+                f"{label}: header name {_printable(key, 40)!r} is not a non-empty RFC 9110 token "
+                "(letters, digits and !#$%&'*+-.^_`|~)"
+            )
+        lowered = key.lower()
+        if lowered in refused:
+            raise ConfigurationError(f"{label} must not set {key!r}: tokenpool or httpx sets it")
+        if lowered in seen:
+            raise ConfigurationError(f"{label} sets {key!r} twice (header names are case-insensitive)")
+        seen.add(lowered)
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{label}[{key!r}] must be a str, got {type(value).__name__}")
+        if "\r" in value or "\n" in value:
+            raise ConfigurationError(f"{label}[{key!r}] must not contain CR or LF")
+        if not all(ch == "\t" or " " <= ch <= "~" for ch in value):
+            raise ConfigurationError(
+                f"{label}[{key!r}] must hold only visible ASCII characters, spaces and tabs"
+            )
+        if value != value.strip(" \t"):
+            raise ConfigurationError(f"{label}[{key!r}] must not start or end with whitespace")
+    object.__setattr__(owner, name, dict(headers))
 
 
 def require_header_value(owner: object, name: str) -> None:

@@ -172,14 +172,15 @@ class PayMe(Provider):
         hint = (
             f"check client_id/client_secret, audience and scope for the Pay-me {self.environment} environment"
         )
+        secrets = self._secrets()
         if status_code not in _SUCCESS and status_code not in CREDENTIAL_STATUSES:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=self._secrets())
+            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
         try:
             data = json_object(body, status_code=status_code)
         except InvalidTokenResponse:
             if status_code in CREDENTIAL_STATUSES:
                 raise error_for_status(
-                    status_code, headers, body, credentials_hint=hint, secrets=self._secrets()
+                    status_code, headers, body, credentials_hint=hint, secrets=secrets
                 ) from None
             raise
         failure = self._failure(data, status_code, hint)
@@ -191,7 +192,7 @@ class PayMe(Provider):
                 status_code=status_code,
                 hint="Pay-me documents no default lifetime, and tokenpool does not guess one",
             )
-        return standard_token(data, default_expires_in=None)
+        return standard_token(data, default_expires_in=None, secrets=secrets)
 
     def _failure(self, data: Mapping[str, Any], status_code: int, hint: str) -> TokenRequestError | None:
         """The error a decoded answer stands for, or ``None`` if it carries a token."""

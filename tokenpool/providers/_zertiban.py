@@ -103,7 +103,7 @@ class Zertiban(Provider):
 
     def build_request(self) -> httpx.Request:
         headers = {
-            "Authorization": basic_authorization(self.client_id, as_secret(self.client_secret).reveal()),
+            "Authorization": self._basic_authorization(),
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
         }
@@ -111,15 +111,20 @@ class Zertiban(Provider):
             "POST", self.token_url, content=b"grant_type=client_credentials", headers=headers
         )
 
+    def _basic_authorization(self) -> str:
+        """The raw ``clientId:clientSecret`` in HTTP Basic, as curl ``-u`` builds it."""
+        return basic_authorization(self.client_id, as_secret(self.client_secret).reveal())
+
     def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
         hint = f"check clientId/clientSecret for the Zertiban {self.environment} environment"
+        secrets = self._secrets()
         if status_code != 200:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=self._secrets())
+            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
         data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=self._secrets())
+        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
         if error is not None:
             raise error
-        return standard_token(data, default_expires_in=300.0)
+        return standard_token(data, default_expires_in=300.0, secrets=secrets)
 
     def api_headers(self) -> Mapping[str, str]:
         return {"x-tenant-id": self.business_uuid}
