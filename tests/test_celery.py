@@ -153,7 +153,10 @@ def test_prefork_worker_one_pool_per_child(emulator: EmulatorProcess, redis_url:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    attempts = registry.get_sample_value("tokenpool_refresh_attempts_total", {"provider": "generic"})
+    # The label is the adapter's kind by default (metrics_label="kind"), not the pool's name.
+    attempts = registry.get_sample_value(
+        "tokenpool_refresh_attempts_total", {"provider": "client_credentials"}
+    )
     assert attempts == stats["token_requests"]
     for pid in children:
         assert not list(metrics_dir.glob(f"gauge_live*_{pid}.db")), f"live gauges of {pid} were not dropped"

@@ -1,32 +1,35 @@
-"""The cell's behaviour under a ManualClock: exact instants, single flight, backoff, waiting.
+"""The core under a ManualClock: exact instants, single flight, backoff, waiting, 401s.
 
-The token endpoint here is a scripted stand-in for the HTTP seam (pure code,
-no I/O); the same behaviours are checked over real HTTP in test_pool_http.py.
+The token source here is a scripted stand-in for the HTTP one (pure code, no
+I/O), plugged into a real ``TokenPool`` through its public ``source=`` seam;
+the same behaviours are checked over real HTTP in test_pool_http.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
 from tokenpool import (
     CredentialsRejected,
+    InvalidTokenResponse,
     ManualClock,
     PoolStateError,
     RefreshPolicy,
     Token,
     TokenEndpointError,
+    TokenPool,
     TokenRequestError,
     TokenResponse,
     TokenWaitTimeout,
 )
-from tokenpool._cell import Cell
-from tokenpool._observe import Observer
 from tokenpool.providers import ClientCredentials, Provider
 
 pytestmark = pytest.mark.anyio
@@ -51,6 +54,7 @@ class ScriptedEndpoint:
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.calls: list[float] = []
+        self.rejected: list[bool] = []
         self.outcomes: list[TokenResponse | Exception] = []
         self.fail_until = -math.inf
         self.failure: Exception = TokenEndpointError("503", status_code=503)
@@ -58,8 +62,20 @@ class ScriptedEndpoint:
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def __call__(self, name: str, provider: Provider) -> TokenResponse:
+    async def open(self) -> None:
+        pass
+
+    async def prepare(self, provider: Provider) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def fetch(
+        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+    ) -> TokenResponse:
         self.calls.append(self.clock.now())
+        self.rejected.append(rejected)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -78,35 +94,30 @@ class ScriptedEndpoint:
             self.in_flight -= 1
 
 
-def make_cell(
+PROVIDER = ClientCredentials(token_url="http://127.0.0.1:9/token", client_id="id", client_secret="secret")
+
+
+def make_pool(
     clock: ManualClock, endpoint: ScriptedEndpoint, *, u: float = 0.0, policy: RefreshPolicy | None = None
-) -> Cell:
-    provider = ClientCredentials(
-        token_url="http://127.0.0.1:9/token",
-        client_id="id",
-        client_secret="secret",
-        refresh=policy or RefreshPolicy(),
-    )
-    return Cell(
-        "acme", provider, fetch=endpoint, clock=clock, rng=FixedRandom(u), observer=Observer(None, None)
+) -> TokenPool:
+    provider = dataclasses.replace(PROVIDER, refresh=policy or RefreshPolicy())
+    return TokenPool(
+        {"acme": provider}, source=endpoint, clock=clock, rng=FixedRandom(u), metrics=False, warm_up="lazy"
     )
 
 
-async def get(cell: Cell, timeout: float | None = None) -> Token:
-    """What TokenPool.token() does once it has found the cell."""
-    token = cell.usable(cell.clock.now())
-    if token is not None:
-        cell.hits += 1
-        return token
-    return await cell.wait_for_token(timeout)
+async def get(pool: TokenPool, timeout: float | None = None) -> Token:
+    return await pool.token("acme", timeout=timeout)
+
+
+def stats(pool: TokenPool) -> Any:
+    return pool.statistics().cells["acme"]
 
 
 @asynccontextmanager
-async def running(cell: Cell) -> AsyncIterator[None]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(cell.run)
-        yield
-        tg.cancel_scope.cancel()
+async def running(pool: TokenPool) -> AsyncIterator[TokenPool]:
+    async with pool:
+        yield pool
 
 
 async def advance_to(clock: ManualClock, when: float) -> None:
@@ -127,36 +138,36 @@ def endpoint(clock: ManualClock) -> ScriptedEndpoint:
 async def test_concurrent_cold_callers_share_one_request(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
+    pool = make_pool(clock, endpoint)
     endpoint.gate = anyio.Event()
     results: list[Token] = []
 
     async def caller() -> None:
-        results.append(await get(cell))
+        results.append(await get(pool))
 
-    async with running(cell), anyio.create_task_group() as tg:
+    async with running(pool), anyio.create_task_group() as tg:
         for _ in range(2_000):
             tg.start_soon(caller)
         await anyio.wait_all_tasks_blocked()
-        assert cell.waiting == 2_000
+        assert stats(pool).waiting == 2_000
         endpoint.gate.set()
     assert len(endpoint.calls) == 1
     assert endpoint.max_in_flight == 1
     assert len(results) == 2_000
     assert len({id(t) for t in results}) == 1
-    assert cell.misses == 2_000
+    assert stats(pool).misses == 2_000
 
 
 async def test_refresh_fires_exactly_at_refresh_at(clock: ManualClock, endpoint: ScriptedEndpoint) -> None:
-    cell = make_cell(clock, endpoint, u=0.5)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.5)
+    async with running(pool):
+        first = await get(pool)
         assert first.refresh_at == pytest.approx(1000.0 + 0.8 * LIFETIME - 0.5 * 0.05 * LIFETIME)
         await advance_to(clock, first.refresh_at - 0.001)
         assert len(endpoint.calls) == 1
         await advance_to(clock, first.refresh_at)
         assert endpoint.calls == [1000.0, first.refresh_at]
-        second = await get(cell)
+        second = await get(pool)
         assert second is not first
         assert second.sent_at == first.refresh_at  # lifetime counts from the send
 
@@ -164,35 +175,35 @@ async def test_refresh_fires_exactly_at_refresh_at(clock: ManualClock, endpoint:
 async def test_stale_token_is_served_while_the_refresh_is_in_flight(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint)
+    async with running(pool):
+        first = await get(pool)
         endpoint.gate = anyio.Event()
         await advance_to(clock, first.refresh_at + 1)
-        assert cell.refreshing
+        assert stats(pool).refreshing
         for _ in range(100):
-            assert await get(cell) is first
-        assert cell.misses == 1  # only the cold start waited
+            assert await get(pool) is first
+        assert stats(pool).misses == 1  # only the cold start waited
         endpoint.gate.set()
         await anyio.wait_all_tasks_blocked()
-        assert (await get(cell)) is not first
+        assert (await get(pool)) is not first
     assert len(endpoint.calls) == 2
 
 
 async def test_callers_wait_once_the_token_is_past_its_margin(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint)
+    async with running(pool):
+        first = await get(pool)
         endpoint.gate = anyio.Event()
         await advance_to(clock, first.usable_until)  # refresh started at refresh_at, still held
         got: list[Token] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: _append(got, get(cell)))
+            tg.start_soon(lambda: _append(got, get(pool)))
             await anyio.wait_all_tasks_blocked()
             assert got == []
-            assert cell.waiting == 1
+            assert stats(pool).waiting == 1
             endpoint.gate.set()
         assert got[0] is not first
         assert len(endpoint.calls) == 2
@@ -206,9 +217,9 @@ async def test_backoff_sequence_and_stale_serving_during_failures(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
     policy = RefreshPolicy()
-    cell = make_cell(clock, endpoint, u=0.5, policy=policy)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.5, policy=policy)
+    async with running(pool):
+        first = await get(pool)
         endpoint.fail_until = math.inf
         await advance_to(clock, first.refresh_at)
         expected = [first.refresh_at]
@@ -216,102 +227,102 @@ async def test_backoff_sequence_and_stale_serving_during_failures(
             delay = policy.backoff(attempt, 0.5)
             await advance_to(clock, expected[-1] + delay - 1e-6)
             assert endpoint.calls[1:] == expected, f"retry {attempt} came early"
-            assert await get(cell) is first  # still served, nobody fails
+            assert await get(pool) is first  # still served, nobody fails
             await advance_to(clock, expected[-1] + delay)
             expected.append(expected[-1] + delay)
             assert endpoint.calls[1:] == expected
-        assert cell.failures == 8
+        assert stats(pool).consecutive_failures == 8
         assert expected[-1] < first.usable_until
 
 
 async def test_retry_after_is_honoured(clock: ManualClock, endpoint: ScriptedEndpoint) -> None:
-    cell = make_cell(clock, endpoint, u=0.0)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool):
+        first = await get(pool)
         endpoint.outcomes = [TokenEndpointError("slow down", status_code=429, retry_after=7.0)]
         await advance_to(clock, first.refresh_at)
         await advance_to(clock, first.refresh_at + 6.999)
         assert len(endpoint.calls) == 2
         await advance_to(clock, first.refresh_at + 7.0)
         assert len(endpoint.calls) == 3
-        assert cell.failures == 0
+        assert stats(pool).consecutive_failures == 0
 
 
 async def test_rejected_credentials_fail_fast_and_retry_slowly(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
+    pool = make_pool(clock, endpoint)
     rejected = CredentialsRejected("bad", status_code=401, hint="check it")
     endpoint.outcomes = [rejected]
-    async with running(cell):
+    async with running(pool):
         with pytest.raises(CredentialsRejected) as info:
-            await get(cell)
+            await get(pool)
         assert info.value.provider == "acme"
         assert "check it" in str(info.value)
         # During the slow backoff, callers fail at once and no request goes out.
         for _ in range(1_000):
             with pytest.raises(CredentialsRejected):
-                await get(cell)
+                await get(pool)
         await advance_to(clock, 1000.0 + 59.9)
         assert len(endpoint.calls) == 1
         # No token and nobody asking: the cell stays idle even after the backoff.
         await advance_to(clock, 1000.0 + 120.0)
         assert len(endpoint.calls) == 1
-        assert (await get(cell)).access_token == "tok-2"
+        assert (await get(pool)).access_token == "tok-2"
         assert len(endpoint.calls) == 2
 
 
 async def test_a_waiter_that_gives_up_does_not_cancel_the_refresh(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
+    pool = make_pool(clock, endpoint)
     endpoint.gate = anyio.Event()
     got: list[Token] = []
-    async with running(cell):
+    async with running(pool):
         with pytest.raises(TokenWaitTimeout):
-            await get(cell, timeout=0.01)
+            await get(pool, timeout=0.01)
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as doomed:
-                tg.start_soon(lambda: _append(got, get(cell)))
+                tg.start_soon(lambda: _append(got, get(pool)))
                 await anyio.wait_all_tasks_blocked()
                 doomed.cancel()
             waiter = anyio.CancelScope()
 
             async def cancelled_waiter() -> None:
                 with waiter:
-                    await get(cell)
+                    await get(pool)
 
             tg.start_soon(cancelled_waiter)
             await anyio.wait_all_tasks_blocked()
             waiter.cancel()
             await anyio.wait_all_tasks_blocked()
-            assert cell.refreshing
+            assert stats(pool).refreshing
             endpoint.gate.set()
     assert len(endpoint.calls) == 1
     assert got
     assert got[0].access_token == "tok-1"
-    assert cell.waiting == 0
+    assert stats(pool).waiting == 0
 
 
 async def test_invalidation_only_of_the_current_token_and_only_once(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint)
+    async with running(pool):
+        first = await get(pool)
         endpoint.gate = anyio.Event()
-        outcomes = [cell.invalidate(first) for _ in range(1_000)]
+        outcomes = [await pool.invalidate("acme", first) for _ in range(1_000)]
         assert outcomes.count(True) == 1
         got: list[Token] = []
         async with anyio.create_task_group() as tg:
             for _ in range(1_000):
-                tg.start_soon(lambda: _append(got, get(cell)))
+                tg.start_soon(lambda: _append(got, get(pool)))
             await anyio.wait_all_tasks_blocked()
             endpoint.gate.set()
         assert len(endpoint.calls) == 2
         assert {t.access_token for t in got} == {"tok-2"}
         # A late 401 for the old token must not cause another refresh.
-        assert cell.invalidate(first) is False
+        assert await pool.invalidate("acme", first) is False
         await anyio.wait_all_tasks_blocked()
         assert len(endpoint.calls) == 2
 
@@ -319,9 +330,9 @@ async def test_invalidation_only_of_the_current_token_and_only_once(
 async def test_outage_shorter_than_the_headroom_fails_no_call(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint, u=0.5)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.5)
+    async with running(pool):
+        first = await get(pool)
         # (1 − r)·L = 120 s of headroom; the margin takes 10 s of it.
         endpoint.fail_until = first.refresh_at + 100.0
         failures = 0
@@ -329,23 +340,24 @@ async def test_outage_shorter_than_the_headroom_fails_no_call(
         while t < first.refresh_at + 200:
             await advance_to(clock, t)
             try:
-                await get(cell)
+                await get(pool)
             except TokenRequestError:
                 failures += 1
             t += 0.5
         assert failures == 0
-        assert cell.failures == 0
-        assert cell.token is not None
-        assert cell.token.sent_at >= endpoint.fail_until
+        assert stats(pool).consecutive_failures == 0
+        current = pool.usable_token("acme")
+        assert current is not None
+        assert current.sent_at >= endpoint.fail_until
 
 
 async def test_longer_outage_gives_typed_errors_and_a_bounded_number_of_requests(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
     policy = RefreshPolicy()
-    cell = make_cell(clock, endpoint, u=0.5, policy=policy)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.5, policy=policy)
+    async with running(pool):
+        first = await get(pool)
         outage = 1_000.0
         endpoint.fail_until = first.refresh_at + outage
         errors: list[BaseException] = []
@@ -353,7 +365,7 @@ async def test_longer_outage_gives_typed_errors_and_a_bounded_number_of_requests
         while t < endpoint.fail_until:
             await advance_to(clock, t)
             try:
-                await get(cell)
+                await get(pool)
             except TokenRequestError as exc:
                 errors.append(exc)
             t += 1.0
@@ -368,28 +380,28 @@ async def test_longer_outage_gives_typed_errors_and_a_bounded_number_of_requests
         assert len(endpoint.calls) - 1 <= bound + 1
         # Recovery within one backoff cap after the outage ends.
         await advance_to(clock, endpoint.fail_until + policy.backoff_cap)
-        assert (await get(cell)).sent_at >= endpoint.fail_until
+        assert (await get(pool)).sent_at >= endpoint.fail_until
 
 
 async def test_closing_releases_waiters_with_a_clear_error(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
+    pool = make_pool(clock, endpoint)
     endpoint.gate = anyio.Event()
     errors: list[BaseException] = []
 
     async def waiter() -> None:
         try:
-            await get(cell)
+            await get(pool)
         except PoolStateError as exc:
             errors.append(exc)
 
     async with anyio.create_task_group() as outer:
+        await pool.__aenter__()
         outer.start_soon(waiter)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(cell.run)
-            await anyio.wait_all_tasks_blocked()
-            tg.cancel_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert len(endpoint.calls) == 1  # the request is out, held at the gate
+        await pool.aclose()
     assert len(errors) == 1
     assert "closed" in str(errors[0])
 
@@ -397,9 +409,9 @@ async def test_closing_releases_waiters_with_a_clear_error(
 async def test_backoff_never_jumps_past_the_last_moment_the_token_is_served(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint, u=0.999)  # every backoff step near its ceiling
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint, u=0.999)  # every backoff step near its ceiling
+    async with running(pool):
+        first = await get(pool)
         # Uncapped, the retries would land at …, usable_until − 18.6 s, usable_until + 11.4 s.
         endpoint.fail_until = first.usable_until - 5.0
         failures = 0
@@ -407,7 +419,7 @@ async def test_backoff_never_jumps_past_the_last_moment_the_token_is_served(
         while t < first.usable_until + 20.0:
             await advance_to(clock, t)
             try:
-                await get(cell)
+                await get(pool)
             except TokenRequestError:
                 failures += 1
             t += 0.5
@@ -419,9 +431,9 @@ async def test_backoff_never_jumps_past_the_last_moment_the_token_is_served(
 async def test_a_failure_under_replaced_settings_does_not_back_off_the_new_ones(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    cell = make_cell(clock, endpoint)
-    async with running(cell):
-        first = await get(cell)
+    pool = make_pool(clock, endpoint)
+    async with running(pool):
+        first = await get(pool)
         endpoint.gate = anyio.Event()
         endpoint.outcomes = [CredentialsRejected("old secret", status_code=401)]
         got: list[Token] = []
@@ -429,23 +441,139 @@ async def test_a_failure_under_replaced_settings_does_not_back_off_the_new_ones(
 
         async def old_refresh() -> None:
             try:
-                await cell.refresh()
+                await pool.refresh("acme")
             except CredentialsRejected as exc:
                 old_errors.append(exc)  # it really was sent with the old secret
 
         async def swap() -> None:
-            cell.replace_provider(cell.provider.with_credentials(client_secret="new-secret"))
-            got.append(await cell.refresh())  # what TokenPool.replace_provider does
+            fresh = await pool.replace_provider("acme", PROVIDER.with_credentials(client_secret="new-secret"))
+            assert fresh is not None
+            got.append(fresh)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(old_refresh)
             await anyio.wait_all_tasks_blocked()
-            assert cell.refreshing  # the request with the old secret is out
+            assert stats(pool).refreshing  # the request with the old secret is out
             tg.start_soon(swap)
             await anyio.wait_all_tasks_blocked()
             endpoint.gate.set()
         assert len(old_errors) == 1
         assert len(endpoint.calls) == 3  # warm-up, old secret (rejected), new secret
         assert got[0] is not first
-        assert cell.failures == 0
-        assert cell.last_error is None
+        assert stats(pool).consecutive_failures == 0
+        assert stats(pool).last_error is None
+
+
+# -- core v2: adopted tokens, the 401 cooldown, tiny lifetimes, one scheduler ------------------
+
+
+async def test_an_adopted_token_is_scheduled_from_its_own_send_time(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    """A source may hand out a token another process fetched earlier (the fleet store)."""
+    pool = make_pool(clock, endpoint, u=0.0)
+    fetched_elsewhere_at = clock.now() - 100.0
+    endpoint.outcomes = [
+        TokenResponse(access_token="shared", expires_in=LIFETIME, sent_at=fetched_elsewhere_at)
+    ]
+    async with running(pool):
+        token = await get(pool)
+        assert token.sent_at == fetched_elsewhere_at
+        assert token.expires_at == fetched_elsewhere_at + LIFETIME
+        assert token.refresh_at == fetched_elsewhere_at + 0.8 * LIFETIME
+        await advance_to(clock, token.refresh_at - 0.001)
+        assert len(endpoint.calls) == 1
+        await advance_to(clock, token.refresh_at)
+        assert len(endpoint.calls) == 2  # renewed on the adopted token's schedule, not 480 s after "now"
+
+
+async def test_an_adopted_token_with_no_usable_time_left_is_refused(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    pool = make_pool(clock, endpoint)
+    endpoint.outcomes = [
+        TokenResponse(access_token="stale", expires_in=LIFETIME, sent_at=clock.now() - LIFETIME)
+    ]
+    async with running(pool):
+        with pytest.raises(InvalidTokenResponse, match="no usable lifetime left"):
+            await get(pool)
+
+
+async def test_a_401_on_a_brand_new_replacement_causes_no_second_refresh(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    """An API that rejects every token must not turn each call into a token request."""
+    pool = make_pool(clock, endpoint)
+    async with running(pool):
+        first = await get(pool)
+        await advance_to(clock, clock.now() + 30.0)
+        assert await pool.invalidate("acme", first)  # a real revocation: refreshed
+        second = await get(pool)
+        assert endpoint.rejected == [False, True]  # the source learns the refresh answers a 401
+        # A brand-new replacement refused once more may still be a real (second) revocation.
+        assert await pool.invalidate("acme", second)
+        third = await get(pool)
+        # Refused again within the cooldown (min(5 s, 0.1·L)): the API rejects every token.
+        for _ in range(100):
+            assert await pool.invalidate("acme", third) is False
+            assert (await get(pool)) is third
+        assert len(endpoint.calls) == 3
+        # Past the cooldown, a 401 is believed again.
+        await advance_to(clock, third.sent_at + 5.0)
+        assert await pool.invalidate("acme", third)
+        assert (await get(pool)) is not third
+        assert len(endpoint.calls) == 4
+
+
+async def test_a_401_right_after_a_proactive_renewal_is_believed(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    """The cooldown applies only to tokens that were themselves fetched because of a 401."""
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool):
+        first = await get(pool)
+        await advance_to(clock, first.refresh_at)
+        renewed = await get(pool)
+        assert renewed is not first
+        assert await pool.invalidate("acme", renewed)  # 0 s old, but renewed on schedule
+        assert (await get(pool)) is not renewed
+
+
+async def test_a_lifetime_below_the_floor_is_refused_and_backed_off(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    pool = make_pool(clock, endpoint, u=0.5)  # every backoff step half its ceiling
+    endpoint.outcomes = [TokenResponse(access_token=f"tiny-{i}", expires_in=0.001) for i in range(50)]
+    async with running(pool):
+        errors: list[InvalidTokenResponse] = []
+        for _ in range(200):
+            try:
+                token = await get(pool)
+            except InvalidTokenResponse as exc:
+                errors.append(exc)
+            else:
+                assert clock.now() < token.usable_until  # never handed out past its usable point
+            await advance_to(clock, clock.now() + 0.01)
+        assert len(errors) == 200
+        assert all("min_lifetime" in str(e) and e.reason == "invalid_response" for e in errors)
+        # One request, then fail-fast during the backoff: 2 s of calls, a handful of requests.
+        assert len(endpoint.calls) <= 6
+
+
+async def test_many_idle_cells_share_one_scheduler_task(anyio_backend: str) -> None:
+    """No task per cell: 1,000 lazy cells cost no more tasks than one."""
+    if anyio_backend != "asyncio":
+        pytest.skip("counts asyncio tasks")
+    import asyncio
+
+    clock = ManualClock()
+
+    async def tasks_with(cells: int) -> int:
+        providers = {f"t{i}": PROVIDER for i in range(cells)}
+        async with TokenPool(
+            providers, source=ScriptedEndpoint(clock), clock=clock, warm_up="lazy", metrics=False
+        ):
+            await anyio.wait_all_tasks_blocked()
+            return len(asyncio.all_tasks())
+
+    assert await tasks_with(1_000) == await tasks_with(1)

@@ -984,6 +984,7 @@ def test_stats_count_exactly(emulator: EmulatorProcess, tls: httpx.Client) -> No
         "token_failures": {"401": 2, "400": 1},
         "token_malformed": {},
         "token_requests_by_client": {client_id: 5, "<none>": 1},
+        "token_requests_by_http_version": {"2": 6},
         "token_requests_in_flight": 0,
         "max_concurrent_token_requests": 1,
         "resource_calls": 8,

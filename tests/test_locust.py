@@ -118,3 +118,36 @@ def test_requests_auth_replays_once_after_tokens_are_revoked(emulator: EmulatorP
     unauthorized = run.output.events("token.downstream_unauthorized")
     assert unauthorized
     assert all(event["retried"] for event in unauthorized)
+
+
+def test_requests_auth_replays_bodies_within_the_bound_and_returns_a_second_401(
+    emulator: EmulatorProcess,
+) -> None:
+    # The requests driver and httpx.Client through the gevent pool run the
+    # same 401 flow as pool.auth(): a generator body is replayed byte for
+    # byte, one over the replay bound gets its 401 back, a second 401 is the answer.
+    env = app_env(emulator, TOKENPOOL_TEST_ADMIN_URL=emulator.admin_url)
+    with Worker(python_module("gevent_revocation", "bodies"), env=env) as run:
+        assert run.wait(timeout=90) == 0, run.output.tail()
+
+    (summary,) = run.output.events("summary")
+    assert run.output.problems() == []
+    assert summary["small"] == {
+        "status": 200,
+        "history": [401],
+        "body_bytes": 256 * 1024,
+        "wire_matches": True,
+    }
+    assert summary["large"] == {"status": 401, "history": [], "wire_matches": True}
+    assert summary["after_large"] == {"status": 200, "history": 0}
+    assert summary["second_401"] == {"status": 401, "history": [401]}
+    assert summary["httpx_small"] == {"status": 200, "history": [401], "body_bytes": 256 * 1024}
+    (skipped,) = run.output.events("token.replay_skipped")
+    assert (skipped["provider"], skipped["reason"]) == ("generic", "body_too_large")
+    # Revocations: small, large, httpx; the navro 401 causes one more refresh.
+    stats = emulator.stats(events=False)["providers"]
+    assert stats["generic"]["token_requests"] == summary["token_requests"] == 5
+    assert sum(stats["navro"]["resource_401"].values()) == 2
+    replays = [event["retried"] for event in run.output.events("token.downstream_unauthorized")]
+    # small (replayed), large (not), second_401 (replayed, then the second 401), httpx_small (replayed).
+    assert replays == [True, False, True, False, True]

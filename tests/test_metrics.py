@@ -76,7 +76,7 @@ def families(registry: CollectorRegistry) -> list[str]:
 
 def test_series_are_registered_once_per_registry() -> None:
     registry = CollectorRegistry()
-    pools = [TokenPool({"a": provider()}, metrics=registry) for _ in range(3)]
+    pools = [TokenPool({"a": provider()}, metrics=registry, metrics_label="name") for _ in range(3)]
     names = families(registry)
     assert len(names) == len(set(names)) == 11
     assert all(name.startswith("tokenpool_") for name in names)
@@ -176,14 +176,16 @@ def test_every_reason_and_outcome_is_in_the_exported_vocabulary(error: TokenRequ
 
 @dataclass
 class FakeCell:
-    name: str
+    group: str
     hits: int = 0
     misses: int = 0
     foreign_hits: int = 0
+    folded_hits: int = 0
+    folded_misses: int = 0
 
 
 def fakes(*cells: FakeCell) -> list[Any]:
-    """Stand-ins for cells: fold() reads only name, hits, foreign_hits and misses."""
+    """Stand-ins for cells: without a clock reading, fold() reads only the counters and the group."""
     return list(cells)
 
 
@@ -217,7 +219,12 @@ async def test_hits_and_misses_folded_at_shutdown_equal_the_calls_made() -> None
     registry = CollectorRegistry()
     async with mock_client() as client:
         pool = TokenPool(
-            {"acme": provider()}, metrics=registry, client=client, warm_up="lazy", metrics_interval=3600
+            {"acme": provider()},
+            metrics=registry,
+            metrics_label="name",
+            client=client,
+            warm_up="lazy",
+            metrics_interval=3600,
         )
         async with pool:
             token = await pool.token("acme")  # cold: a miss
@@ -244,7 +251,9 @@ async def test_hits_and_misses_folded_at_shutdown_equal_the_calls_made() -> None
 async def test_periodic_folds_and_the_final_fold_do_not_double_count() -> None:
     registry = CollectorRegistry()
     async with mock_client() as client:
-        pool = TokenPool({"acme": provider()}, metrics=registry, client=client, metrics_interval=0.01)
+        pool = TokenPool(
+            {"acme": provider()}, metrics=registry, metrics_label="name", client=client, metrics_interval=0.01
+        )
         async with pool:
             for round_ in range(5):
                 for _ in range(20):
@@ -291,7 +300,9 @@ def prometheus_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_the_hit_path_makes_no_prometheus_call(prometheus_calls: list[str]) -> None:
     registry = CollectorRegistry()
     async with mock_client() as client:
-        pool = TokenPool({"acme": provider()}, metrics=registry, client=client, metrics_interval=3600)
+        pool = TokenPool(
+            {"acme": provider()}, metrics=registry, metrics_label="name", client=client, metrics_interval=3600
+        )
         async with pool:
             prometheus_calls.clear()  # warm-up made its calls; from here on only hits
             for _ in range(1000):
@@ -321,7 +332,8 @@ def registry_with_samples() -> CollectorRegistry:
     metrics = PoolMetrics(registry)
     metrics.touch("acme")
     metrics.fold(fakes(FakeCell("acme", hits=7, misses=2)))
-    metrics.refreshed("acme", 0.02, expiry=2_000_000_000.0)
+    metrics.refreshed("acme", "acme", 0.02)
+    metrics.series.expiry.labels("acme").set(2_000_000_000.0)
     return registry
 
 

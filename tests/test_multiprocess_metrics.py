@@ -38,7 +38,7 @@ def worker(
 
     async def main() -> tuple[int, int]:
         provider = ClientCredentials(token_url=token_url, client_id=client_id, client_secret=client_secret)
-        async with TokenPool({"acme": provider}) as pool:
+        async with TokenPool({"acme": provider}, metrics_label="name") as pool:
             for _ in range(calls):
                 await pool.token("acme")
         stats = pool.statistics()

@@ -362,7 +362,12 @@ async def test_no_secret_token_or_certificate_reaches_logs_reprs_errors_or_metri
             httpx.AsyncClient(verify=emulator.ssl_context(client_cert=True), timeout=30) as api,
         ):
             pool = TokenPool(
-                providers, client=token_client, ca_file=emulator.ca_file, metrics=registry, logger=logger
+                providers,
+                client=token_client,
+                ca_file=emulator.ca_file,
+                metrics=registry,
+                metrics_label="name",
+                logger=logger,
             )
             objects += [pool, *providers.values()]
             async with pool:
@@ -439,15 +444,6 @@ async def test_no_secret_token_or_certificate_reaches_logs_reprs_errors_or_metri
                     errors.append(refused.value)
                     objects.append(pool.statistics().cells[name])
 
-                # 401 recovery: revoked tokens, the next API call is refused, recovered and replayed.
-                for name, upstream in PROVIDERS.items():
-                    emulator.revoke_tokens(upstream)
-                    response = await api.post(
-                        f"{emulator.url(upstream)}/api/resource", content=b"payout-1", auth=pool.auth(name)
-                    )
-                    assert response.status_code == 200, (name, response.status_code)
-                    tokens.append(await pool.token(name))
-
                 # A caller who gives up waiting.
                 current = await pool.token("generic")
                 emulator.fault("generic", latency=1.0, count=1)
@@ -456,6 +452,15 @@ async def test_no_secret_token_or_certificate_reaches_logs_reprs_errors_or_metri
                     await pool.token("generic", timeout=0.05)
                 errors.append(gave_up.value)
                 tokens.append(await until_token(pool, "generic", errors))
+
+                # 401 recovery: revoked tokens, the next API call is refused, recovered and replayed.
+                for name, upstream in PROVIDERS.items():
+                    emulator.revoke_tokens(upstream)
+                    response = await api.post(
+                        f"{emulator.url(upstream)}/api/resource", content=b"payout-1", auth=pool.auth(name)
+                    )
+                    assert response.status_code == 200, (name, response.status_code)
+                    tokens.append(await pool.token(name))
 
                 objects += [pool.statistics(), *tokens, pool]
 

@@ -214,6 +214,7 @@ async def test_every_dashboard_expression_returns_data_from_a_real_prometheus(
     pool = TokenPool(
         {"acme": provider(emulator), "globex": provider(emulator)},
         metrics=metrics_registry,
+        metrics_label="name",
         metrics_interval=0.25,
     )
     async with (

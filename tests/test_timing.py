@@ -142,14 +142,14 @@ def response(body: bytes, *, declared: bool = False, **headers: str) -> httpx.Re
 
 
 async def _read(body: bytes, limit: int, *, declared: bool) -> bytes:
-    from tokenpool._pool import _read_capped
+    from tokenpool._http import read_capped as _read_capped
 
     return await _read_capped(response(body, declared=declared), limit)
 
 
 @pytest.mark.anyio
 async def test_an_already_read_response_is_capped_too() -> None:
-    from tokenpool._pool import _read_capped
+    from tokenpool._http import read_capped as _read_capped
 
     assert await _read_capped(httpx.Response(200, json={"a": 1}), 100) == b'{"a":1}'
     with pytest.raises(InvalidTokenResponse, match="more than 10"):
@@ -160,7 +160,7 @@ async def test_an_already_read_response_is_capped_too() -> None:
 async def test_compressed_bodies_are_decoded_under_the_same_cap() -> None:
     import gzip
 
-    from tokenpool._pool import _read_capped
+    from tokenpool._http import read_capped as _read_capped
 
     def gz(body: bytes) -> httpx.Response:
         return response(body, content_encoding="gzip")

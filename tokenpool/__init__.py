@@ -8,6 +8,7 @@ from ._auth import SyncTokenAuth, TokenAuth
 from ._blocking import BlockingTokenPool
 from ._clock import Clock, ManualClock, MonotonicClock
 from ._exceptions import (
+    AdapterError,
     ConfigurationError,
     CredentialsRejected,
     ForkedPoolError,
@@ -15,6 +16,8 @@ from ._exceptions import (
     InvalidTokenResponse,
     PoolStateError,
     TokenEndpointError,
+    TokenEndpointTimeout,
+    TokenEndpointTLSError,
     TokenEndpointUnreachable,
     TokenPoolError,
     TokenRequestError,
@@ -23,12 +26,14 @@ from ._exceptions import (
 )
 from ._pool import CellStatistics, PoolStatistics, TokenPool
 from ._secret import Secret
+from ._source import TokenSource
 from ._timing import RefreshPolicy
 from ._token import Token, TokenResponse
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
     "BlockingTokenPool",
     "CellStatistics",
     "Clock",
@@ -47,11 +52,14 @@ __all__ = [
     "Token",
     "TokenAuth",
     "TokenEndpointError",
+    "TokenEndpointTLSError",
+    "TokenEndpointTimeout",
     "TokenEndpointUnreachable",
     "TokenPool",
     "TokenPoolError",
     "TokenRequestError",
     "TokenResponse",
+    "TokenSource",
     "TokenWaitTimeout",
     "UnknownProviderError",
     "__version__",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._auth import SyncTokenAuth
-from ._exceptions import PoolStateError
+from ._exceptions import ForkedPoolError, PoolStateError
 from ._pool import PoolStatistics, TokenPool
 from ._token import Token
 from .providers import Provider
@@ -21,6 +22,20 @@ from .providers import Provider
 __all__ = ["BlockingTokenPool"]
 
 _orphaned_after_fork: list[contextlib.ExitStack] = []
+
+# Every BlockingTokenPool, so that a forked child can replace their hit locks:
+# one held by another thread at fork() time would stay locked in the child for
+# good, and the child's first token() would hang instead of raising ForkedPoolError.
+_instances: weakref.WeakSet[BlockingTokenPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_instances):
+        pool._hits_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BlockingTokenPool:
@@ -51,9 +66,13 @@ class BlockingTokenPool:
         self._backend_options = backend_options
         self._stack: contextlib.ExitStack | None = None
         self._portal: BlockingPortal | None = None
-        # Hits served on the caller's thread are counted here, under a lock,
-        # and added to the pool's own counts (see TokenPool's foreign_hits).
+        #: The process that started the loop thread; in any other one (a forked
+        #: child) that thread does not exist, and waiting for it would hang.
+        self._pid: int | None = None
+        # TokenPool.usable_token counts a hit in a plain integer: calls from
+        # the callers' threads are serialised here.
         self._hits_lock = threading.Lock()
+        _instances.add(self)
 
     def start(self) -> Self:
         """Start the loop thread and open the pool (warming it up as configured)."""
@@ -66,7 +85,7 @@ class BlockingTokenPool:
         except BaseException:
             stack.close()
             raise
-        self._stack, self._portal = stack, portal
+        self._stack, self._portal, self._pid = stack, portal, os.getpid()
         _close_at_exit(self)
         return self
 
@@ -75,7 +94,7 @@ class BlockingTokenPool:
         stack, self._stack, self._portal = self._stack, None, None
         if stack is None:
             return
-        if self._pool._state == "forked":
+        if self._pid != os.getpid():
             # In a forked child the loop thread does not exist.  Keep the exit
             # stack alive for good: were it collected, the portal's generator
             # would be finalised and wait forever for that thread.
@@ -97,32 +116,41 @@ class BlockingTokenPool:
         return self._pool
 
     def _require(self) -> BlockingPortal:
-        if self._pool._state == "forked":
-            # The loop thread does not exist in a forked child: fail, don't hang.
-            raise self._pool._state_error()
         portal = self._portal
         if portal is None:
             raise PoolStateError("the BlockingTokenPool is not started (use 'with' or call start())")
+        if self._pid != os.getpid():
+            # The loop thread does not exist in a forked child: fail, don't hang.
+            raise ForkedPoolError(
+                "this BlockingTokenPool was started in another process and used after fork(); "
+                "create a new pool in the child (tokenpool.contrib.celery does this for Celery)"
+            )
         return portal
 
     def token(self, name: str, *, timeout: float | None = None) -> Token:
         """A usable token for provider *name* (blocks only when the pool itself would).
 
-        A token before its refresh point is returned on the caller's thread
-        (reading the cell's current token is a single attribute read); anything
-        else crosses to the loop thread, where the single-flight logic lives.
+        A usable token is returned on the caller's thread
+        (``TokenPool.usable_token``: a read, no I/O); only when there is none
+        does the call cross to the loop thread, where the single-flight logic
+        lives.
+
+        Raises:
+            TokenRequestError: the token request failed (a subclass says how).
+            TokenWaitTimeout: *timeout* ran out; the refresh goes on for others.
+            UnknownProviderError, PoolStateError, ForkedPoolError.
         """
-        portal = self._require()
-        cell = self._pool._cells.get(name)
-        if cell is not None:
-            token = cell.token
-            if token is not None and self._pool._now() < token.refresh_at:
-                with self._hits_lock:
-                    cell.foreign_hits += 1
-                return token
-        return portal.call(lambda: self._pool.token(name, timeout=timeout))
+        if self._portal is None:
+            raise PoolStateError("the BlockingTokenPool is not started (use 'with' or call start())")
+        # In a forked child this raises ForkedPoolError (the pool is marked at fork).
+        with self._hits_lock:
+            token = self._pool.usable_token(name)
+        if token is not None:
+            return token
+        return self._require().call(lambda: self._pool.token(name, timeout=timeout))
 
     def invalidate(self, name: str, token: Token) -> bool:
+        """Report that *token* was refused (see ``TokenPool.invalidate``); returns whether it was dropped."""
         return self._require().call(self._pool.invalidate, name, token)
 
     def refresh(self, name: str, *, timeout: float | None = None) -> Token:

@@ -1,43 +1,51 @@
-"""A cell: one (worker, provider) token, its refresh loop and its waiters.
+"""A cell: one (worker, provider) token, its single flight and its waiters.
 
-The cell is the only place that knows about time.  One long-lived task per
-cell (``run``) sends every token request the cell ever makes, so "at most one
-token request in flight per cell" holds by construction rather than by
-locking.  Callers never send requests: they read ``cell.token`` (the pool's
-hit path) or, when there is no usable token, join the current *flight* and
-wait for its outcome.  A waiter that is cancelled or times out only stops
-waiting; the request itself belongs to the cell's task.
+The cell holds the state; :mod:`tokenpool._schedule` decides, purely, what to
+do with it at instant *t*; the pool's scheduler wakes the cell when it is due
+and runs its :meth:`Cell.attempt` as a task.  The cell marks itself *sending*
+before that task starts and clears the mark when it ends, and the scheduler
+launches only cells that are not sending: "at most one token request in
+flight per cell" holds by construction rather than by locking.  Callers never
+send requests: they read ``cell.token`` (the pool's hit path) or, when there
+is no usable token, join the current *flight* and wait for its outcome.  A
+waiter that is cancelled or times out only stops waiting.
+
+The cell is, with its schedule, the only place that knows about time.  It gets
+token responses from a :class:`~tokenpool._source.TokenSource` handed down by
+the pool; it never calls back up.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._clock import Clock
 from ._exceptions import (
-    CredentialsRejected,
+    AdapterError,
     PoolStateError,
-    TokenEndpointError,
-    TokenEndpointUnreachable,
     TokenRequestError,
     TokenWaitTimeout,
     clone_for_raise,
 )
-from ._token import Token, TokenResponse
+from ._schedule import accept, is_young_replacement, may_refresh_on_401, next_request_at, retry_delay
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._clock import Clock
     from ._observe import Observer
+    from ._source import TokenSource
+    from ._token import Token
     from .providers import Provider
 
-__all__ = ["Cell", "Fetch"]
+__all__ = ["Cell"]
 
-#: The seam where a token comes from: send the provider's token request, parse the answer.
-Fetch = Callable[[str, "Provider"], Awaitable[TokenResponse]]
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class _Flight:
@@ -54,30 +62,52 @@ class _Flight:
 
 
 class Cell:
-    """State, schedule and single-flight refresh of one provider's token in one worker."""
+    """State and single-flight refresh of one provider's token in one worker.
+
+    Args:
+        name: The pool's name for the provider.
+        provider: The adapter (settings) to fetch with.
+        source: Where token responses come from.
+        clock: The pool's clock.
+        rng: Jitter source (one draw per cell, one per backoff step).
+        observer: Logs and metrics for the rare paths.
+        wake: Called with the cell whenever its :attr:`due` instant moved
+            earlier or became finite (the scheduler's heap push).
+        group: The metrics label value for this cell.
+    """
 
     __slots__ = (
+        "_clock",
         "_demand",
         "_failures",
-        "_fetch",
         "_flight",
         "_last_error",
         "_not_before",
         "_observer",
+        "_reissue",
+        "_reissued",
+        "_rejected",
         "_rng",
+        "_source",
+        "_strikes",
         "_successes",
         "_token_provider",
         "_u",
         "_wake",
         "api_headers",
-        "clock",
+        "due",
+        "folded_hits",
+        "folded_misses",
         "foreign_hits",
+        "group",
         "hits",
         "misses",
         "name",
         "provider",
         "requests",
+        "sending",
         "token",
+        "usable_until",
         "waiting",
     )
 
@@ -86,39 +116,56 @@ class Cell:
         name: str,
         provider: Provider,
         *,
-        fetch: Fetch,
+        source: TokenSource,
         clock: Clock,
         rng: random.Random,
         observer: Observer,
+        wake: Callable[[Cell], None],
+        group: str,
     ) -> None:
         self.name = name
         self.provider = provider
+        self.group = group
         #: The provider's extra API headers, built once (the auth flow reads them per request).
-        self.api_headers = dict(provider.api_headers())
-        self.clock = clock
+        self.api_headers: Mapping[str, str] = dict(provider.api_headers()) or _NO_HEADERS
         #: The current token, possibly stale or expired; ``None`` before the first one.
         self.token: Token | None = None
-        #: Plain counters read by the metrics publisher (cheaper than a Prometheus inc()).
+        #: ``token.usable_until`` (``-inf`` without a token): the hit path reads one attribute.
+        self.usable_until = -math.inf
+        #: When the scheduler should start the next attempt (``inf``: not scheduled).
+        self.due = math.inf
+        #: An attempt task is running (set before it starts, cleared when it ends).
+        self.sending = False
+        #: Plain counters read by the metrics fold (cheaper than a Prometheus inc()).
         self.hits = 0
-        #: Hits served on other threads by BlockingTokenPool (incremented under its lock).
+        #: Hits served through ``TokenPool.usable_token`` (facades on other threads).
         self.foreign_hits = 0
         self.misses = 0
+        self.folded_hits = 0
+        self.folded_misses = 0
         self.waiting = 0
-        #: Token requests sent by this cell (successful or not).
+        #: Token requests started by this cell (successful or not).
         self.requests = 0
-        self._fetch = fetch
+        self._source = source
+        self._clock = clock
         self._observer = observer
         self._rng = rng
+        self._wake = wake
         # Drawn once per cell: where inside the jitter band this cell renews.
         self._u = rng.random()
         self._flight: _Flight | None = None
-        self._wake = anyio.Event()
         self._demand = False
         self._failures = 0
         self._not_before = -math.inf
         self._last_error: TokenRequestError | None = None
         self._successes = 0
         self._token_provider: Provider | None = None
+        # The 401 bookkeeping: the token a 401 dropped (for the next fetch), whether
+        # the next request answers a 401, and the token that such a request got.
+        self._rejected: Token | None = None
+        self._reissue = False
+        self._reissued: Token | None = None
+        self._strikes = 0
 
     # -- what callers see -------------------------------------------------------------------
 
@@ -132,68 +179,86 @@ class Cell:
         return self._last_error
 
     @property
-    def next_attempt_at(self) -> float:
-        """Earliest instant the next token request may go out (backoff gate)."""
+    def retry_at(self) -> float:
+        """Earliest instant a next request may go out after failures (``-inf`` when healthy)."""
         return self._not_before
 
     @property
     def refreshing(self) -> bool:
-        return self._flight is not None
+        return self.sending or self._flight is not None
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def usable(self, now: float) -> Token | None:
         token = self.token
         return token if token is not None and now < token.usable_until else None
 
     async def wait_for_token(self, timeout: float | None) -> Token:
-        """The slow path: no usable token, so join (or start) the single flight."""
-        token = self.usable(self.clock.now())
+        """The slow path: no usable token, so join (or start) the single flight.
+
+        Never returns a token past its ``usable_until``: one that expired
+        between its arrival and this waiter's wake-up sends the waiter round
+        again (``RefreshPolicy.min_lifetime`` keeps that rare).
+        """
+        token = self.usable(self._clock.now())
         if token is not None:
             # A refresh landed between the caller's check and this one.
             self.hits += 1
             return token
-        flight = self._flight
-        if flight is None:
-            if self._last_error is not None and self.clock.now() < self._not_before:
-                # Backing off after a failure: fail fast instead of piling up
-                # waiters or sending a request the backoff forbids.
-                raise clone_for_raise(self._last_error)
-            flight = self._flight = _Flight()
-            self._demand = True
-            self._wake.set()
         self.misses += 1
         self.waiting += 1
         self._observer.waiting(self, +1)
         try:
-            if timeout is None:
-                await flight.done.wait()
-            else:
-                with anyio.move_on_after(timeout):
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                while True:
+                    flight = self._flight
+                    if flight is None:
+                        if self._last_error is not None and self._clock.now() < self._not_before:
+                            # Backing off after a failure: fail fast instead of piling up
+                            # waiters or sending a request the backoff forbids.
+                            raise clone_for_raise(self._last_error)
+                        flight = self._ask()
                     await flight.done.wait()
-                if not flight.done.is_set():
-                    raise TokenWaitTimeout(
-                        f"[{self.name}] no token within {timeout:g} s; the refresh goes on for others",
-                        provider=self.name,
-                    )
+                    token = flight.token
+                    if token is None:
+                        assert flight.error is not None
+                        raise clone_for_raise(flight.error)
+                    if self._clock.now() < token.usable_until:
+                        return token
+            assert timeout is not None
+            raise TokenWaitTimeout(
+                f"[{self.name}] no token within {timeout:g} s; the refresh goes on for others",
+                provider=self.name,
+            )
         finally:
             self.waiting -= 1
             self._observer.waiting(self, -1)
-        if flight.token is not None:
-            return flight.token
-        assert flight.error is not None
-        raise clone_for_raise(flight.error)
 
     def invalidate(self, token: Token) -> bool:
-        """Drop *token* if it is still the current one and ask for a new one.
+        """Drop *token* (refused by the API) if it is still the current one, and ask for a new one.
 
-        Returns whether anything was invalidated: a 401 for a token that has
-        already been replaced must not cause another refresh.
+        Returns whether a refresh will follow: not for a token that has
+        already been replaced (a thousand concurrent 401s cause one refresh),
+        and not for a brand-new replacement that was itself refused within
+        the cooldown (see ``RefreshPolicy.unauthorized_cooldown``).
         """
         if self.token is not token:
             return False
-        self.token = None
+        now = self._clock.now()
+        policy, reissued = self.provider.refresh, token is self._reissued
+        if not may_refresh_on_401(policy, token, reissued=reissued, strikes=self._strikes, now=now):
+            self._observer.unauthorized_ignored(self, token)
+            return False
+        young = is_young_replacement(policy, token, reissued=reissued, now=now)
+        self._strikes = self._strikes + 1 if young else 0
+        self._set_token(None)
+        self._rejected = token
+        self._reissue = True
         self._demand = True
-        self._wake.set()
         self._observer.invalidated(self, token)
+        self._reschedule()
         return True
 
     def replace_provider(self, provider: Provider) -> None:
@@ -204,11 +269,11 @@ class Cell:
         goes out at once.
         """
         self.provider = provider
-        self.api_headers = dict(provider.api_headers())
+        self.api_headers = dict(provider.api_headers()) or _NO_HEADERS
         self._not_before = -math.inf
         if self._last_error is not None or self.token is None:
             self._demand = True
-        self._wake.set()
+        self._reschedule()
 
     async def refresh(self, timeout: float | None = None) -> Token:
         """A token fetched with the current settings, requested now (respecting backoff)."""
@@ -226,120 +291,133 @@ class Cell:
                     assert self.token is not None
                     return self.token
                 if flight is None:
-                    if self._last_error is not None and self.clock.now() < self._not_before:
+                    if self._last_error is not None and self._clock.now() < self._not_before:
                         raise clone_for_raise(self._last_error)
-                    flight = self._flight = _Flight()
-                    self._demand = True
-                    self._wake.set()
+                    flight = self._ask()
                 await flight.done.wait()
                 if flight.token is not None:
                     return flight.token
                 assert flight.error is not None
                 raise clone_for_raise(flight.error)
+        assert timeout is not None
         raise TokenWaitTimeout(
             f"[{self.name}] refresh did not finish within {timeout:g} s", provider=self.name
         )
 
-    # -- the cell's own task ----------------------------------------------------------------
+    def request_token(self) -> None:
+        """Ask for a token in the background unless one is usable or on its way (warm-up)."""
+        if self._flight is None and self.usable(self._clock.now()) is None:
+            self._ask()
 
-    def next_request_at(self) -> float:
-        """When the loop should send its next token request (pure; ``inf`` = idle)."""
-        if self._demand or self._flight is not None:
-            wanted = -math.inf
-        elif self.token is not None:
-            wanted = self.token.refresh_at
-        else:
-            # No token and nobody asking (lazy start, or gave up after a
-            # failure nobody is waiting for): stay idle until a caller comes.
-            wanted = math.inf
-        return max(wanted, self._not_before)
+    def close(self) -> None:
+        """Release the waiters of a flight that will never be sent (the pool is closing)."""
+        flight, self._flight = self._flight, None
+        if flight is not None and not flight.done.is_set():
+            flight.error = PoolStateError(f"[{self.name}] the pool closed while a token was being fetched")
+            flight.done.set()
+        self.due = math.inf
 
-    async def run(self) -> None:
-        """The refresh loop; runs in the pool's task group until the pool closes."""
-        try:
-            while True:
-                due = self.next_request_at()
-                if due > self.clock.now():
-                    self._wake = anyio.Event()
-                    await self.clock.wait(self._wake, due)
-                    continue
-                await self._attempt()
-        finally:
-            flight, self._flight = self._flight, None
-            if flight is not None and not flight.done.is_set():
-                flight.error = PoolStateError(
-                    f"[{self.name}] the pool closed while a token was being fetched"
-                )
-                flight.done.set()
+    # -- scheduling -------------------------------------------------------------------------
 
-    async def _attempt(self) -> None:
+    def _ask(self) -> _Flight:
+        flight = self._flight = _Flight()
+        self._demand = True
+        self._reschedule()
+        return flight
+
+    def _set_token(self, token: Token | None) -> None:
+        self.token = token
+        self.usable_until = -math.inf if token is None else token.usable_until
+
+    def _reschedule(self) -> None:
+        """Tell the scheduler when the next attempt is due (re-evaluated when an attempt ends)."""
+        if self.sending:
+            return
+        due = next_request_at(
+            self.token, demand=self._demand or self._flight is not None, not_before=self._not_before
+        )
+        if due != self.due:
+            self.due = due
+            if due < math.inf:
+                self._wake(self)
+
+    def launch(self, group: TaskGroup) -> None:
+        """Start one attempt in *group* (the scheduler calls this when the cell is due)."""
+        self.sending = True
+        self.due = math.inf
+        group.start_soon(self.attempt, name=f"tokenpool-refresh-{self.name}")
+
+    async def attempt(self) -> None:
+        """Send one token request and settle the flight; runs as a task of the pool."""
         flight = self._flight
         if flight is None:
             flight = self._flight = _Flight()
         self._demand = False
+        reissue, self._reissue = self._reissue, False
+        previous = self.token or self._rejected
         provider = flight.provider = self.provider
-        attempt = self._failures + 1
         self.requests += 1
-        self._observer.refresh_started(self, attempt)
-        sent_at = self.clock.now()
+        self._observer.refresh_started(self, self._failures + 1)
+        settled = False
+        sent_at = self._clock.now()
         try:
-            # The fetch applies provider.refresh.request_timeout to the request
-            # itself, not to its wait for a free request slot.
-            response = await self._fetch(self.name, provider)
-            token = provider.refresh.stamp(response, sent_at=sent_at, u=self._u)
-        except TimeoutError:
-            error: TokenRequestError = TokenEndpointUnreachable(
-                f"token request timed out after {provider.refresh.request_timeout:g} s",
-                provider=self.name,
-            )
-        except TokenRequestError as exc:
-            error = exc
-        except Exception as exc:
-            # A bug in an adapter or the HTTP stack must not end the refresh
-            # loop; it is reported by type only (its text may quote the request).
-            error = TokenEndpointUnreachable(
-                f"unexpected {type(exc).__name__} while fetching a token", provider=self.name
-            )
-        else:
-            self.token = token
-            self._successes += 1
-            self._token_provider = provider
-            self._failures = 0
-            self._not_before = -math.inf
-            self._last_error = None
-            flight.token = token
-            self._flight = None
-            flight.done.set()
-            self._observer.refresh_succeeded(self, token, self.clock.now() - sent_at)
-            return
-        error.provider = self.name
-        now = self.clock.now()
+            try:
+                response = await self._source.fetch(self.name, provider, previous=previous, rejected=reissue)
+                token = accept(provider.refresh, response, sent_at=sent_at, now=self._clock.now(), u=self._u)
+            except TokenRequestError as exc:
+                error: TokenRequestError = exc
+            except Exception as exc:
+                # A bug in a token source must not end the pool; reported by type
+                # only (its text may quote the request).
+                error = AdapterError(f"unexpected {type(exc).__name__} from the token source")
+            else:
+                self._succeeded(flight, provider, token, reissue, sent_at)
+                settled = True
+                return
+            error.provider = self.name
+            self._failed(flight, provider, error, sent_at)
+            settled = True
+        finally:
+            self.sending = False
+            if not settled:
+                # Cancelled: the pool is closing.  Waiters learn it now.
+                self.close()
+            else:
+                self._reschedule()
+
+    def _succeeded(
+        self, flight: _Flight, provider: Provider, token: Token, reissue: bool, sent_at: float
+    ) -> None:
+        self._set_token(token)
+        self._rejected = None
+        self._reissued = token if reissue else None
+        self._successes += 1
+        self._token_provider = provider
+        self._failures = 0
+        self._not_before = -math.inf
+        self._last_error = None
+        flight.token = token
+        self._flight = None
+        flight.done.set()
+        self._observer.refresh_succeeded(self, token, self._clock.now() - sent_at)
+
+    def _failed(self, flight: _Flight, provider: Provider, error: TokenRequestError, sent_at: float) -> None:
+        now = self._clock.now()
+        flight.error = error
+        self._flight = None
         if provider is not self.provider:
             # The settings were replaced (rotated credentials, say) while this
             # request was out: its failure says nothing about the new ones.
             # No backoff, no last error; try the new settings at once.
             self._demand = True
-            flight.error = error
-            self._flight = None
             flight.done.set()
             self._observer.refresh_failed(self, error, now - sent_at, 0.0)
             return
         self._failures += 1
-        retry_after = error.retry_after if isinstance(error, TokenEndpointError) else None
-        rejected = isinstance(error, CredentialsRejected)
-        delay = provider.refresh.backoff(
-            self._failures, self._rng.random(), retry_after=retry_after, credentials_rejected=rejected
+        delay = retry_delay(
+            provider.refresh, error, failures=self._failures, v=self._rng.random(), token=self.token, now=now
         )
-        current = self.token
-        if current is not None and retry_after is None and not rejected:
-            # Never let a plain backoff step jump past the moment the current
-            # token stops being served: the last retry goes out just before.
-            last_chance = current.usable_until - min(2.0, 0.01 * current.expires_in)
-            if now < last_chance < now + delay:
-                delay = last_chance - now
         self._not_before = now + delay
         self._last_error = error
-        flight.error = error
-        self._flight = None
         flight.done.set()
         self._observer.refresh_failed(self, error, now - sent_at, delay)

@@ -7,18 +7,11 @@ counters periodically and at shutdown.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ._exceptions import (
-    CredentialsRejected,
-    InvalidTokenResponse,
-    TokenEndpointError,
-    TokenEndpointUnreachable,
-    TokenRequestError,
-)
+from ._exceptions import CredentialsRejected, InvalidTokenResponse, TokenRequestError
 
 if TYPE_CHECKING:
     from ._cell import Cell
@@ -29,16 +22,8 @@ __all__ = ["Observer", "failure_reason"]
 
 
 def failure_reason(error: TokenRequestError) -> str:
-    """A small, fixed vocabulary for the ``reason`` label."""
-    if isinstance(error, CredentialsRejected):
-        return "credentials_rejected"
-    if isinstance(error, InvalidTokenResponse):
-        return "invalid_response"
-    if isinstance(error, TokenEndpointError):
-        return "rate_limited" if error.status_code == 429 else "endpoint_error"
-    if isinstance(error, TokenEndpointUnreachable):
-        return "timeout" if "timed out" in error.message else "unreachable"
-    return "other"
+    """A small, fixed vocabulary for the ``reason`` label: the error's own, never its text."""
+    return error.reason
 
 
 def outcome_of(error: TokenRequestError) -> str:
@@ -57,15 +42,10 @@ class Observer:
         self.log = logger if logger is not None else structlog.get_logger("tokenpool")
         self.metrics = metrics
 
-    @staticmethod
-    def _wall(cell: Cell, monotonic_instant: float) -> float:
-        """A monotonic instant of the cell's clock expressed as Unix time."""
-        return time.time() + (monotonic_instant - cell.clock.now())
-
     def refresh_started(self, cell: Cell, attempt: int) -> None:
         self.log.debug("token.refresh.start", provider=cell.name, attempt=attempt)
         if self.metrics is not None:
-            self.metrics.attempt(cell.name)
+            self.metrics.attempt(cell.group)
 
     def refresh_succeeded(self, cell: Cell, token: Token, duration: float) -> None:
         self.log.info(
@@ -77,7 +57,7 @@ class Observer:
             remaining=round(token.expires_at - cell.clock.now(), 3),
         )
         if self.metrics is not None:
-            self.metrics.refreshed(cell.name, duration, expiry=self._wall(cell, token.expires_at))
+            self.metrics.refreshed(cell.group, cell.name, duration)
 
     def refresh_failed(self, cell: Cell, error: TokenRequestError, duration: float, delay: float) -> None:
         token = cell.token
@@ -102,7 +82,7 @@ class Observer:
             self.log.error("token.refresh.failed", **fields)
         if self.metrics is not None:
             self.metrics.failed(
-                cell.name, duration, failure_reason(error), outcome_of(error), cell.failures, delay
+                cell.group, cell.name, duration, error.reason, outcome_of(error), cell.failures, delay
             )
 
     def invalidated(self, cell: Cell, token: Token) -> None:
@@ -112,11 +92,19 @@ class Observer:
             remaining=round(token.expires_at - cell.clock.now(), 3),
         )
 
+    def unauthorized_ignored(self, cell: Cell, token: Token) -> None:
+        self.log.warning(
+            "token.unauthorized_cooldown",
+            provider=cell.name,
+            age=round(cell.clock.now() - token.sent_at, 3),
+            cooldown=round(cell.provider.refresh.cooldown(token.expires_in), 3),
+        )
+
     def waiting(self, cell: Cell, delta: int) -> None:
         if self.metrics is not None:
-            self.metrics.waiting(cell.name, delta)
+            self.metrics.waiting(cell.group, delta)
 
-    def downstream_unauthorized(self, name: str, *, retried: bool) -> None:
-        self.log.warning("token.downstream_unauthorized", provider=name, retried=retried)
+    def downstream_unauthorized(self, cell: Cell, *, retried: bool) -> None:
+        self.log.warning("token.downstream_unauthorized", provider=cell.name, retried=retried)
         if self.metrics is not None:
-            self.metrics.downstream_unauthorized(name, retried=retried)
+            self.metrics.downstream_unauthorized(cell.group, retried=retried)

@@ -1,23 +1,33 @@
-"""The pool: cells, HTTP clients, the task group that runs refresh loops, metrics and logs."""
+"""The pool: cells, the token source, the scheduler, the task host, metrics and logs.
+
+Layers, top to bottom (see the README's architecture section)::
+
+    TokenPool.token(name)   hit path: one dict lookup, one clock read, one compare
+        │ miss / due
+    Cell                    state and single flight  ── _schedule: what to do at instant t
+        │ fetch
+    TokenSource             where tokens come from   ── _http.HttpTokenSource (default)
+        │
+    Provider adapter        sans-IO: build the request, parse the answer
+
+The pool's own tasks (the scheduler, refresh attempts, the metrics fold) run in
+a task group hosted by a detached task (``_host.TaskHost``), so a pool can be
+entered and closed from any task and inside any cancel scope.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 import random
-import ssl
 import weakref
-import zlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, Self
 
 import anyio
-import certifi
-import h2.exceptions
 import httpx
-from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from ._cell import Cell
@@ -25,23 +35,27 @@ from ._clock import Clock, MonotonicClock
 from ._exceptions import (
     ConfigurationError,
     ForkedPoolError,
-    InvalidTokenResponse,
     PoolStateError,
     TokenEndpointUnreachable,
     TokenRequestError,
     UnknownProviderError,
 )
-from ._metrics import PoolMetrics
+from ._host import TaskHost
+from ._http import HttpTokenSource
+from ._metrics import LABEL_MODES, PoolMetrics
 from ._observe import Observer
-from ._token import Token, TokenResponse
-from .providers import ClientCertificate, Provider
+from ._scheduler import Scheduler
+from ._source import TokenSource
+from ._token import Token
+from .providers import Provider
 
 __all__ = ["CellStatistics", "PoolStatistics", "TokenPool"]
 
-#: Token endpoint answers larger than this are refused (a token response is well under 16 KiB).
-MAX_BODY_BYTES = 64 * 1024
-
 WarmUp = Literal["wait", "background", "lazy"]
+MetricsLabel = Literal["kind", "name"] | Callable[[str, Provider], str]
+
+#: Longest wait for the pool's tasks to end when it closes (they are cancelled first).
+CLOSE_TIMEOUT = 10.0
 
 # -- fork detection ---------------------------------------------------------------------------
 # A pool's sockets, timers and loop belong to the process that opened it.  In a
@@ -145,43 +159,71 @@ class TokenPool:
         client: httpx.AsyncClient | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         max_concurrent_requests: int = 20,
+        max_requests_per_host: int = 4,
+        source: TokenSource | None = None,
         metrics: bool | CollectorRegistry = True,
+        metrics_label: MetricsLabel = "kind",
         metrics_interval: float = 1.0,
         logger: Any = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        if not isinstance(providers, Mapping):
+            raise ConfigurationError(
+                f"providers must be a mapping of name to Provider, got {type(providers).__name__}"
+            )
         if warm_up not in ("wait", "background", "lazy"):
             raise ConfigurationError(f"warm_up must be 'wait', 'background' or 'lazy', got {warm_up!r}")
-        if max_concurrent_requests < 1:
-            raise ConfigurationError("max_concurrent_requests must be at least 1")
-        if not metrics_interval > 0:
-            raise ConfigurationError("metrics_interval must be positive")
+        if not _positive(warm_up_timeout):
+            raise ConfigurationError(
+                f"warm_up_timeout must be a positive number of seconds, got {warm_up_timeout!r}"
+            )
+        if not _positive(metrics_interval) or math.isinf(metrics_interval):
+            raise ConfigurationError(
+                f"metrics_interval must be a positive number of seconds, got {metrics_interval!r}"
+            )
+        if not (metrics_label in LABEL_MODES or callable(metrics_label)):
+            raise ConfigurationError(
+                "metrics_label must be 'kind', 'name' or a callable (name, provider) -> str, "
+                f"got {metrics_label!r}"
+            )
+        if not isinstance(metrics, bool | CollectorRegistry):
+            raise ConfigurationError(
+                f"metrics must be True, False or a CollectorRegistry, got {type(metrics).__name__}"
+            )
+        if source is None:
+            source = HttpTokenSource(
+                client=client,
+                ca_file=ca_file,
+                max_concurrent_requests=max_concurrent_requests,
+                max_requests_per_host=max_requests_per_host,
+            )
+        elif client is not None or ca_file is not None:
+            raise ConfigurationError(
+                "pass either source= or client=/ca_file= (they configure the HTTP source)"
+            )
+        elif not isinstance(source, TokenSource):
+            raise ConfigurationError(f"source must be a TokenSource, got {type(source).__name__}")
+        self._source: TokenSource = source
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._now = self._clock.now
         # Not for cryptography: jitter only needs to differ between workers.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
-        if metrics is False:
-            self._metrics: PoolMetrics | None = None
-        else:
-            self._metrics = PoolMetrics(None if metrics is True else metrics)
+        self._metrics = None if metrics is False else PoolMetrics(None if metrics is True else metrics)
+        self._metrics_label = metrics_label
         self._metrics_interval = metrics_interval
         self._observer = Observer(logger, self._metrics)
         self._warm_up: WarmUp = warm_up
         self._warm_up_timeout = warm_up_timeout
-        self._user_client = client
-        self._ca_file = os.fspath(ca_file) if ca_file is not None else None
-        self._clients: dict[ClientCertificate | None, httpx.AsyncClient] = {}
-        self._slots = anyio.Semaphore(max_concurrent_requests)
-        self._max_requests = max_concurrent_requests
+        self._scheduler = Scheduler(self._clock)
         self._all_cells: dict[str, Cell] = {}
         for name, provider in providers.items():
             self._all_cells[name] = self._make_cell(name, provider)
         # The hit path looks names up here; it is empty unless the pool is open,
         # so "not open" costs nothing to check.
         self._cells: dict[str, Cell] = {}
-        self._state: Literal["new", "open", "closed", "forked"] = "new"
-        self._tg: TaskGroup | None = None
+        self._state: Literal["new", "opening", "open", "closed", "forked"] = "new"
+        self._host: TaskHost | None = None
         self._pid = os.getpid()
 
     def _make_cell(self, name: str, provider: Provider) -> Cell:
@@ -191,13 +233,25 @@ class TokenPool:
             raise ConfigurationError(
                 f"provider {name!r}: expected a tokenpool.providers.Provider, got {type(provider).__name__}"
             )
+        label = self._metrics_label
+        if label == "kind":
+            group = provider.kind
+        elif label == "name":
+            group = name
+        else:
+            assert callable(label)
+            group = label(name, provider)
+            if not isinstance(group, str) or not group:
+                raise ConfigurationError(f"metrics_label({name!r}, ...) must return a non-empty str")
         return Cell(
             name,
             provider,
-            fetch=self._fetch,
+            source=self._source,
             clock=self._clock,
             rng=self._rng,
             observer=self._observer,
+            wake=self._scheduler.push,
+            group=group,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -205,21 +259,35 @@ class TokenPool:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise PoolStateError(f"a TokenPool can be entered once (this one is {self._state})")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._state = "open"
-        _live_pools.add(self)
-        self._cells = self._all_cells
-        for cell in self._cells.values():
-            self._start_cell(cell)
-        if self._metrics is not None:
-            tg.start_soon(self._publish_metrics)
-        if self._warm_up == "wait":
-            await self.warm_up(timeout=self._warm_up_timeout)
-        elif self._warm_up == "background":
-            for cell in self._cells.values():
-                tg.start_soon(self._warm_one, cell, None)
+        self._state = "opening"
+        try:
+            await self._source.open()
+            for cell in list(self._all_cells.values()):
+                await self._source.prepare(cell.provider)
+            self._host = TaskHost(f"tokenpool-{id(self):x}")
+            group = await self._host.start()
+            if self._state != "opening":
+                raise PoolStateError("the TokenPool was closed while it was opening")  # noqa: TRY301
+            self._state = "open"
+            _live_pools.add(self)
+            self._cells = self._all_cells
+            group.start_soon(self._scheduler.run, group, name="tokenpool-scheduler")
+            if self._metrics is not None:
+                for cell in self._cells.values():
+                    self._metrics.touch(cell.group)
+                group.start_soon(self._publish_metrics, name="tokenpool-metrics")
+            if self._warm_up == "wait":
+                await self.warm_up(timeout=self._warm_up_timeout)
+            elif self._warm_up == "background":
+                for cell in self._cells.values():
+                    cell.request_token()
+            if self._state != "open":
+                raise PoolStateError("the TokenPool was closed while it was warming up")  # noqa: TRY301
+        except BaseException:
+            # Cancelled (a deadline, SIGTERM) or failed while opening: close what
+            # was opened, then let the cancellation or error go on.
+            await self._close()
+            raise
         return self
 
     async def __aexit__(
@@ -231,45 +299,44 @@ class TokenPool:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop every refresh loop, close the pool's HTTP clients, publish final counts."""
-        if self._state in ("new", "closed"):
-            self._state = "closed"
+        """Stop every refresh, close the source's HTTP clients, publish final counts.
+
+        Safe from any task, inside any cancel scope (closing is shielded and
+        bounded by ``CLOSE_TIMEOUT``), and idempotent.  Callers still waiting
+        for a token get a ``PoolStateError``.
+        """
+        await self._close()
+
+    async def _close(self) -> None:
+        state = self._state
+        if state == "closed":
             return
-        forked = self._state == "forked"
         self._state = "closed"
         self._cells = {}
         _live_pools.discard(self)
-        if forked:
-            # Nothing here belongs to this process: do not touch sockets or the loop.
+        if state in ("new", "forked"):
+            # Nothing was opened, or nothing here belongs to this process: do
+            # not touch sockets or the loop.
             return
-        tg, self._tg = self._tg, None
-        assert tg is not None
-        tg.cancel_scope.cancel()
-        try:
-            await tg.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for client in self._clients.values():
-                    await client.aclose()
-                self._clients.clear()
-                if self._metrics is not None:
-                    self._metrics.fold(self._all_cells.values())
+        with anyio.CancelScope(shield=True):
+            if self._host is not None:
+                await self._host.stop(CLOSE_TIMEOUT)
+            for cell in self._all_cells.values():
+                cell.close()
+            with anyio.move_on_after(CLOSE_TIMEOUT):
+                await self._source.aclose()
+            if self._metrics is not None:
+                self._metrics.fold(self._all_cells.values(), self._now())
 
     def _forked_child(self) -> None:
         self._state = "forked"
         self._cells = {}
 
-    def _start_cell(self, cell: Cell) -> None:
-        assert self._tg is not None
-        if self._metrics is not None:
-            self._metrics.touch(cell.name)
-        self._tg.start_soon(cell.run, name=f"tokenpool-refresh-{cell.name}")
-
     async def _publish_metrics(self) -> None:
         assert self._metrics is not None
         while True:
             await anyio.sleep(self._metrics_interval)
-            self._metrics.fold(self._all_cells.values())
+            self._metrics.fold(self._all_cells.values(), self._now())
 
     async def warm_up(self, *, timeout: float | None = None) -> dict[str, TokenRequestError | None]:
         """Fetch a token for every provider concurrently; return each one's error (or ``None``)."""
@@ -287,7 +354,7 @@ class TokenPool:
             await cell.wait_for_token(timeout)
         except TokenRequestError as exc:
             error = exc  # already logged by the observer
-        except TimeoutError:
+        except (TimeoutError, PoolStateError):
             error = TokenEndpointUnreachable("no token within the warm-up timeout", provider=cell.name)
         if results is not None:
             results[cell.name] = error
@@ -312,11 +379,31 @@ class TokenPool:
             cell = self._cells[name]
         except KeyError:
             raise self._lookup_error(name) from None
+        if self._now() < cell.usable_until:
+            cell.hits += 1
+            return cell.token  # type: ignore[return-value]  # usable_until is finite only with a token
+        return await cell.wait_for_token(timeout)
+
+    def usable_token(self, name: str) -> Token | None:
+        """The current token if it is usable now, else ``None``; never waits, never sends a request.
+
+        For facades that serve callers outside the pool's event loop
+        (``BlockingTokenPool``, the gevent pool): a returned token counts as a
+        hit.  Calls from threads other than the pool's must be serialised by
+        the caller (the facades hold a lock), because hit counting is a plain
+        integer increment.
+
+        Raises:
+            UnknownProviderError, PoolStateError, ForkedPoolError.
+        """
+        cell = self._cells.get(name)
+        if cell is None:
+            raise self._lookup_error(name)
         token = cell.token
         if token is not None and self._now() < token.usable_until:
-            cell.hits += 1
+            cell.foreign_hits += 1
             return token
-        return await cell.wait_for_token(timeout)
+        return None
 
     def auth(self, name: str) -> httpx.Auth:
         """An ``httpx.Auth`` that adds provider *name*'s token and headers, and recovers from a 401."""
@@ -353,6 +440,7 @@ class TokenPool:
             raise self._lookup_error(name)
         if not isinstance(provider, Provider):
             raise ConfigurationError(f"provider {name!r}: expected a Provider, got {type(provider).__name__}")
+        await self._source.prepare(provider)
         cell.replace_provider(provider)
         if refresh:
             return await cell.refresh()
@@ -364,17 +452,20 @@ class TokenPool:
         if name in self._all_cells:
             raise ConfigurationError(f"a provider named {name!r} already exists in this pool")
         cell = self._make_cell(name, provider)
+        await self._source.prepare(provider)
         self._all_cells[name] = cell
         cells[name] = cell
-        self._start_cell(cell)
+        if self._metrics is not None:
+            self._metrics.touch(cell.group)
         if warm_up:
             await self._warm_one(cell, self._warm_up_timeout)
 
     def report_unauthorized(self, name: str, *, retried: bool) -> None:
         """Count an API response with status 401 for *name* (for auth flows other than ours)."""
-        if name not in self._all_cells:
+        cell = self._all_cells.get(name)
+        if cell is None:
             raise self._lookup_error(name)
-        self._observer.downstream_unauthorized(name, retried=retried)
+        self._observer.downstream_unauthorized(cell, retried=retried)
 
     def api_headers(self, name: str) -> Mapping[str, str]:
         """Extra headers provider *name* wants on every API call."""
@@ -382,6 +473,11 @@ class TokenPool:
         if cell is None:
             raise self._lookup_error(name)
         return cell.api_headers
+
+    @property
+    def clock(self) -> Clock:
+        """The pool's time source (``time.monotonic()`` unless a test passed a clock)."""
+        return self._clock
 
     @property
     def names(self) -> list[str]:
@@ -437,131 +533,6 @@ class TokenPool:
             return self._state_error()
         return UnknownProviderError(name, list(self._all_cells))
 
-    def _client_for(self, provider: Provider) -> httpx.AsyncClient:
-        cert = provider.mtls_certificate()
-        if cert is None and self._user_client is not None:
-            return self._user_client
-        client = self._clients.get(cert)
-        if client is None:
-            context = ssl.create_default_context(cafile=self._ca_file or certifi.where())
-            if cert is not None:
-                cert.load_into(context)
-            client = httpx.AsyncClient(
-                http2=True,
-                verify=context,
-                # Token traffic is a trickle (one request per cell per
-                # refresh); keep a few connections warm and no more.
-                limits=httpx.Limits(
-                    max_connections=self._max_requests,
-                    max_keepalive_connections=min(self._max_requests, 10),
-                    keepalive_expiry=30.0,
-                ),
-                timeout=httpx.Timeout(connect=5.0, read=10.0, write=5.0, pool=5.0),
-                follow_redirects=False,
-                # No proxies, netrc or SSL_CERT_FILE from the environment: a
-                # token request carries credentials and must go where
-                # configured.  Pass your own client= to use a proxy.
-                trust_env=False,
-            )
-            self._clients[cert] = client
-        return client
 
-    async def _fetch(self, name: str, provider: Provider) -> TokenResponse:
-        """The seam: one token request over HTTP, parsed by the provider's adapter."""
-        request = provider.build_request()
-        # Token answers are tiny: compression buys nothing and a decompression
-        # bomb is one less thing to defend against (see _read_capped).
-        request.headers["Accept-Encoding"] = "identity"
-        client = self._client_for(provider)
-        async with self._slots:
-            try:
-                # Raises TimeoutError past the deadline; the cell reports it.
-                with anyio.fail_after(provider.refresh.request_timeout):
-                    response = await client.send(request, stream=True)
-                    try:
-                        body = await _read_capped(response, MAX_BODY_BYTES)
-                    finally:
-                        await response.aclose()
-            except httpx.TimeoutException as exc:
-                raise TokenEndpointUnreachable(
-                    f"token endpoint timed out ({type(exc).__name__})", provider=name
-                ) from exc
-            except httpx.DecodingError:
-                raise InvalidTokenResponse(
-                    "token endpoint answered with a body that cannot be decoded", provider=name
-                ) from None
-            except (httpx.TransportError, h2.exceptions.ProtocolError) as exc:
-                # h2 raises its own errors (InvalidBodyLengthError) when an
-                # HTTP/2 answer is cut short; httpx does not map them.
-                raise TokenEndpointUnreachable(
-                    f"cannot reach the token endpoint {request.url.host} ({type(exc).__name__})",
-                    provider=name,
-                ) from exc
-        try:
-            return provider.parse_response(response.status_code, response.headers, body)
-        except TokenRequestError:
-            raise
-        except Exception:
-            raise InvalidTokenResponse(
-                f"the {provider.kind} adapter failed to parse the answer", status_code=response.status_code
-            ) from None
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body, refused beyond *limit* bytes both on the wire and once decompressed.
-
-    Token requests ask for ``Accept-Encoding: identity``; a server that
-    compresses anyway is decoded here with the same cap, so a small
-    compressed body cannot expand without bound.
-    """
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise InvalidTokenResponse(
-            f"token endpoint answered with {length} bytes; more than {limit} is refused",
-            status_code=response.status_code,
-        )
-    if response.is_stream_consumed:
-        # Already read (httpx.MockTransport answers in users' tests, say).
-        body = response.content
-        if len(body) > limit:
-            raise InvalidTokenResponse(
-                f"token endpoint answered with more than {limit} bytes", status_code=response.status_code
-            )
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    # aclosing: leaving early must close the generator now, not at garbage collection.
-    async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_raw())) as raw:
-        async for chunk in raw:
-            size += len(chunk)
-            if size > limit:
-                raise InvalidTokenResponse(
-                    f"token endpoint answered with more than {limit} bytes", status_code=response.status_code
-                )
-            chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in _ZLIB_WBITS:
-        raise InvalidTokenResponse(
-            f"token endpoint answered with unsupported Content-Encoding {encoding[:20]!r}",
-            status_code=response.status_code,
-        )
-    try:
-        decoder = zlib.decompressobj(_ZLIB_WBITS[encoding])
-        decoded = decoder.decompress(body, limit + 1)
-    except zlib.error:
-        raise InvalidTokenResponse(
-            "token endpoint answered with a body that cannot be decoded", status_code=response.status_code
-        ) from None
-    if len(decoded) > limit or decoder.unconsumed_tail:
-        raise InvalidTokenResponse(
-            f"token endpoint answered with more than {limit} bytes once decompressed",
-            status_code=response.status_code,
-        )
-    return decoded
-
-
-#: zlib window bits per Content-Encoding: gzip header, zlib header (RFC 9110's "deflate").
-_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

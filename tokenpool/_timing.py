@@ -49,6 +49,17 @@ class RefreshPolicy:
         credentials_backoff: Least wait after credentials were rejected.
         max_retry_after: Largest ``Retry-After`` honoured, in seconds.
         request_timeout: Deadline for one whole token request, in seconds.
+        min_lifetime: Shortest lifetime accepted, in seconds.  A response
+            with a shorter ``expires_in`` (``0.001``, say) is refused as an
+            :class:`~tokenpool.InvalidTokenResponse` and retried with backoff:
+            such a token would be past its usable point before any caller got
+            it, and accepting it would turn every call into a token request.
+        unauthorized_cooldown: A token that gets a 401 from the API while it
+            is younger than ``min(unauthorized_cooldown, 0.1·L)`` seconds *and*
+            was itself fetched because of a 401 — for the second time in a row
+            — triggers no further refresh: an API that rejects every token (a
+            wrong tenant header, say) must not become a token-request storm.
+            The 401 is returned and counted.
     """
 
     ratio: float = 0.8
@@ -62,6 +73,8 @@ class RefreshPolicy:
     credentials_backoff: float = 60.0
     max_retry_after: float = 300.0
     request_timeout: float = 15.0
+    min_lifetime: float = 1.0
+    unauthorized_cooldown: float = 5.0
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -85,6 +98,10 @@ class RefreshPolicy:
             raise ConfigurationError("RefreshPolicy needs 0 < backoff_base <= backoff_cap")
         if self.request_timeout <= 0:
             raise ConfigurationError("RefreshPolicy.request_timeout must be positive")
+
+    def cooldown(self, lifetime: float) -> float:
+        """Seconds after a 401-driven refresh during which another 401 causes none."""
+        return min(self.unauthorized_cooldown, 0.1 * lifetime)
 
     def margin(self, lifetime: float) -> float:
         """Seconds before expiry at which the token stops being handed out."""

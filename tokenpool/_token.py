@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 __all__ = ["Token", "TokenResponse"]
 
@@ -20,12 +21,21 @@ class TokenResponse:
         expires_in: Lifetime in seconds as the provider returned it (or the
             provider's documented default when the field was absent).
         scope: Granted scopes, if the provider said.
+        sent_at: When the request that obtained this token was sent, on the
+            pool's clock, if that was not the request the cell just made: a
+            token source that hands out a token another process fetched (the
+            fleet store) sets it, so the cell schedules from the token's own
+            times rather than from "now".  Adapters leave it ``None``.
     """
 
     access_token: str = field(repr=False)
     expires_in: float
     token_type: str = "Bearer"  # noqa: S105 - a token type, not a password
     scope: str | None = None
+    sent_at: float | None = field(default=None, compare=False)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("tokenpool.TokenResponse refuses to be pickled (it holds an access token)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +73,15 @@ class Token:
 
     def __str__(self) -> str:
         return repr(self)
+
+    # An access token must not travel into task queues, result backends or
+    # caches by accident: like Secret, a Token refuses to be pickled.  It is
+    # immutable, so a copy is the token itself.
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("tokenpool.Token refuses to be pickled (it holds an access token)")
+
+    def __copy__(self) -> Token:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Token:
+        return self

@@ -3,6 +3,11 @@
 Monkey-patched first, as under the locust command, and using tokenpool.contrib.locust's
 pool and requests auth: each greenlet's call must still come back 200, the
 first 401s being replayed once with a new token.  Prints one JSON summary line.
+
+With the argument ``bodies`` it checks the same flow with request bodies
+instead: a generator body is replayed byte for byte after a 401 (requests and
+``httpx.Client`` through the gevent pool), one over the replay bound is not,
+and a second 401 is returned.
 """
 
 # ruff: noqa: E402  # the imports follow gevent's monkey-patching, as under the locust command
@@ -13,9 +18,13 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import hashlib
 import json
 import os
+import random
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import applog
 import gevent
@@ -23,7 +32,8 @@ import gevent.event
 import httpx
 import requests
 
-from tokenpool import Secret
+from tokenpool import RefreshPolicy, Secret
+from tokenpool._auth import MAX_REPLAY_BODY_BYTES
 from tokenpool.contrib import locust as tokenpool_locust
 from tokenpool.providers import ClientCredentials, Provider
 
@@ -31,12 +41,13 @@ GREENLETS = 20
 CALLS = 15
 
 
-def providers() -> dict[str, Provider]:
+def providers(refresh: RefreshPolicy | None = None) -> dict[str, Provider]:
     return {
         "generic": ClientCredentials(
             token_url=httpx.URL(os.environ["TOKENPOOL_TEST_TOKEN_URL"]),
             client_id=os.environ["TOKENPOOL_TEST_CLIENT_ID"],
             client_secret=Secret(os.environ["TOKENPOOL_TEST_CLIENT_SECRET"]),
+            refresh=refresh or RefreshPolicy(),
         )
     }
 
@@ -77,5 +88,108 @@ def main() -> int:
     return 0
 
 
+def revoke() -> None:
+    """Revoke every token the emulator issued; the pool still thinks its token is fresh."""
+    admin = httpx.post(f"{os.environ['TOKENPOOL_TEST_ADMIN_URL']}/revoke", json={"provider": "generic"})
+    admin.raise_for_status()
+
+
+class RecordingAdapter(requests.adapters.HTTPAdapter):
+    """Records each request body as it goes on the wire, without touching the auth's own request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []  # sha256 of each body that was sent in full
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        wire = request.copy()
+        body = request.body
+        if isinstance(body, bytes | str) or body is None:
+            data = body.encode() if isinstance(body, str) else (body or b"")
+            self.sent.append(hashlib.sha256(data).hexdigest())
+        else:
+            wire.body = self._tee(body)
+        return super().send(wire, *args, **kwargs)
+
+    def _tee(self, body: Any) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        for chunk in body:
+            digest.update(chunk)
+            yield chunk
+        self.sent.append(digest.hexdigest())
+
+
+def generator(body: bytes) -> Iterator[bytes]:
+    for start in range(0, len(body), 64 * 1024):
+        yield body[start : start + 64 * 1024]
+
+
+def sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def bodies() -> int:
+    applog.configure()
+    ca_file = os.environ["TOKENPOOL_TEST_CA_FILE"]
+    api = os.environ["TOKENPOOL_TEST_API_URL"]
+    url = api + "/api/resource"
+    # The scenarios revoke tokens seconds apart; without a cooldown every
+    # revocation is met with a refresh, however young the revoked token.
+    no_cooldown = RefreshPolicy(unauthorized_cooldown=0)
+    tokenpool_locust.install(lambda: providers(no_cooldown), ca_file=ca_file)
+    pool = tokenpool_locust.get_pool()
+    auth = tokenpool_locust.requests_auth("generic")
+    rng = random.Random(7)
+    small = rng.randbytes(256 * 1024)
+    large = rng.randbytes(MAX_REPLAY_BODY_BYTES + 1)
+    summary: dict[str, Any] = {"event": "summary"}
+    with requests.Session() as session:
+        wire = RecordingAdapter()
+        session.mount("https://", wire)
+
+        revoke()
+        response = session.post(url, data=generator(small), auth=auth, verify=ca_file, timeout=30)
+        summary["small"] = {
+            "status": response.status_code,
+            "history": [r.status_code for r in response.history],
+            "body_bytes": response.json().get("body_bytes"),
+            "wire_matches": wire.sent == [sha(small), sha(small)],
+        }
+
+        wire.sent.clear()
+        revoke()
+        response = session.post(url, data=generator(large), auth=auth, verify=ca_file, timeout=30)
+        summary["large"] = {
+            "status": response.status_code,
+            "history": [r.status_code for r in response.history],
+            "wire_matches": wire.sent == [sha(large)],
+        }
+        # The refused token was invalidated all the same: the next call succeeds first time.
+        response = session.post(url, data=b"after", auth=auth, verify=ca_file, timeout=30)
+        summary["after_large"] = {"status": response.status_code, "history": len(response.history)}
+
+        # A generic token is unknown to Navro's API: the replay gets a 401 too, and that is the answer.
+        navro = api.rsplit("/", 1)[0] + "/navro/api/resource"
+        response = session.get(navro, auth=auth, verify=ca_file, timeout=30)
+        summary["second_401"] = {
+            "status": response.status_code,
+            "history": [r.status_code for r in response.history],
+        }
+
+    # httpx.Client through the gevent pool: the same flow, the same recording.
+    revoke()
+    with httpx.Client(auth=tokenpool_locust.auth("generic"), verify=ca_file, timeout=30) as client:
+        answer = client.post(url, content=generator(small))
+    summary["httpx_small"] = {
+        "status": answer.status_code,
+        "history": [r.status_code for r in answer.history],
+        "body_bytes": answer.json().get("body_bytes"),
+    }
+    summary["token_requests"] = pool.statistics().token_requests
+    tokenpool_locust.shutdown()
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bodies() if sys.argv[1:] == ["bodies"] else main())

@@ -16,12 +16,11 @@ So this pool:
 - hands results back to the waiting greenlet through a gevent ``async``
   watcher (the thread-safe wake-up gevent provides for exactly this) and never
   blocks a greenlet on a lock that another OS thread releases;
-- serves a token that is still *fresh* (before its refresh point) from a
-  per-process copy, without crossing threads at all: the pool would answer with
-  that very token.  Only after the refresh point does a call go to the loop,
-  which by then has normally renewed it.  A 401 drops the copy.
-
-Hit/miss counters therefore count only the calls that reached the pool.
+- serves a usable token in the calling greenlet, without crossing threads:
+  ``TokenPool.usable_token`` is a plain read of the pool's current token (the
+  loop thread replaces it atomically), and it counts the hit.  Only when there
+  is no usable token (cold start, after a 401, during an outage past expiry)
+  does a call go to the loop thread and wait there for the single refresh.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -113,9 +111,6 @@ class GeventTokenPool:
 
     def __init__(self, providers: Mapping[str, Provider], **pool_options: Any) -> None:
         self._pool = TokenPool(providers, **pool_options)
-        clock = pool_options.get("clock")
-        self._now: Callable[[], float] = clock.now if clock is not None else time.monotonic
-        self._fresh: dict[str, Token] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._finished: _Handoff[None] | None = None
@@ -142,7 +137,6 @@ class GeventTokenPool:
         """Close the pool and let its thread end.  Idempotent."""
         finished, self._finished = self._finished, None
         loop, stop = self._loop, self._stop
-        self._fresh.clear()
         if finished is None or loop is None or stop is None or os.getpid() != self._pid:
             return
         try:
@@ -183,20 +177,24 @@ class GeventTokenPool:
         return self._pool
 
     def token(self, name: str, *, timeout: float | None = None) -> Token:
-        """A usable token for provider *name*; no thread hop while the last one is fresh."""
-        token = self._fresh.get(name)
-        if token is not None and self._now() < min(token.refresh_at, token.usable_until):
-            # Only this (the hub's) thread writes foreign_hits, so += is safe here.
-            self._pool._all_cells[name].foreign_hits += 1
+        """A usable token for provider *name*; no thread hop while the pool has one.
+
+        Raises:
+            TokenRequestError: the token request failed (a subclass says how).
+            TokenWaitTimeout: *timeout* ran out; the refresh goes on for others.
+            UnknownProviderError, PoolStateError, ForkedPoolError.
+        """
+        if self._finished is None:
+            raise PoolStateError("the GeventTokenPool is not started (use 'with' or call start())")
+        # Every caller runs on this (the hub's) thread and usable_token never
+        # yields to another greenlet, so its hit counting is serialised.
+        token = self._pool.usable_token(name)
+        if token is not None:
             return token
-        token = self._call(functools.partial(self._pool.token, name, timeout=timeout))
-        self._fresh[name] = token
-        return token
+        return self._call(functools.partial(self._pool.token, name, timeout=timeout))
 
     def invalidate(self, name: str, token: Token) -> bool:
-        """Report that *token* was refused; drops it only if it is still the current one."""
-        if self._fresh.get(name) is token:
-            del self._fresh[name]
+        """Report that *token* was refused (see ``TokenPool.invalidate``); returns whether it was dropped."""
         return self._call(functools.partial(self._pool.invalidate, name, token))
 
     def headers(self, name: str) -> dict[str, str]:

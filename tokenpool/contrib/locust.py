@@ -54,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +67,9 @@ from locust.event import Events
 from locust.runners import MasterRunner, Runner
 from requests.auth import AuthBase
 
-from .._exceptions import ConfigurationError, InsecureTransportError
+from .._auth import BodyRecording, CannotReplay, Step, SyncSteps, refuse_plain_http, unauthorized_flow
+from .._exceptions import ConfigurationError
 from .._token import Token
-from .._urls import is_loopback_host
 from ._common import ProvidersFactory, build_providers, log_closed, log_opened, logger_from
 from ._gevent import GeventTokenPool
 
@@ -209,6 +209,14 @@ def shutdown() -> None:
 class RequestsAuth(AuthBase):
     """Bearer header and provider headers on a requests call, one replay after a 401.
 
+    The 401 flow is the one ``pool.auth()`` runs for httpx
+    (``tokenpool._auth.unauthorized_flow``): the rejected token is
+    invalidated, the request is replayed once with a new token, and a second
+    401 is returned as it is.  A generator or iterator body is recorded while
+    it is sent (up to ``MAX_REPLAY_BODY_BYTES``, 1 MiB) and replayed from that
+    recording; a seekable file body is rewound; a body that cannot be sent
+    again leaves the 401 as the answer, logged as ``token.replay_skipped``.
+
     It looks the pool up at call time, so it can be created before the pool
     opens (at import time of the locustfile).
     """
@@ -221,43 +229,115 @@ class RequestsAuth(AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         pool = get_pool()
-        sent = pool.token(self.name)
-        _apply(request, sent, pool.pool.api_headers(self.name))
-        request.register_hook("response", functools.partial(self._after, sent=sent))
+        name = self.name
+        steps = SyncSteps(name, pool.token, pool.invalidate, pool.report_unauthorized)
+        flow = unauthorized_flow(request, _PreparedRequestAdapter(pool, name))
+        # requests sends the first attempt itself: run the flow up to it now,
+        # and resume it from the response hook.
+        outgoing = steps.advance(flow, None)
+        if outgoing is None:  # pragma: no cover - the flow always sends once
+            raise RuntimeError("the 401 flow ended without a request to send")
+        outgoing.register_hook("response", functools.partial(_after, flow=flow, steps=steps))
+        return outgoing
+
+
+def _after(
+    response: requests.Response,
+    *,
+    flow: Generator[Step[requests.PreparedRequest], Any, None],
+    steps: SyncSteps,
+    **kwargs: Any,
+) -> requests.Response:
+    """The response hook: resume the flow with *response*; send the replay if it asks for one."""
+    try:
+        outgoing = steps.advance(flow, response)
+        while outgoing is not None:  # at most once: the flow never loops
+            # Release the first answer's connection, then replay on the same adapter.
+            response.content  # noqa: B018 - reading the body lets the connection be reused
+            response.close()
+            replayed: requests.Response = response.connection.send(outgoing, **kwargs)
+            replayed.history.append(response)
+            replayed.request = outgoing
+            response = replayed
+            outgoing = steps.advance(flow, response)
+    finally:
+        flow.close()
+    return response
+
+
+#: Block size for reading an unseekable file body (urllib3's default too).
+_READ_BLOCK = 16 * 1024
+
+
+class _RecordedBody:
+    """A requests body (iterator, unseekable file) passed through unchanged while it is recorded."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self.recording = BodyRecording()
+
+    def __iter__(self) -> Iterator[bytes]:
+        recording = self.recording
+        for chunk in self._chunks():
+            # urllib3 would encode text the same way when it sends it.
+            data = chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+            recording.add(data)
+            yield data
+        recording.complete = True
+
+    def _chunks(self) -> Iterator[bytes | str]:
+        source = self._source
+        read = getattr(source, "read", None)
+        if read is None:
+            yield from source
+            return
+        while block := read(_READ_BLOCK):
+            yield block
+
+
+class _PreparedRequestAdapter:
+    """The flow's ``RequestAdapter`` for ``requests.PreparedRequest``."""
+
+    __slots__ = ("_name", "_pool")
+
+    def __init__(self, pool: GeventTokenPool, name: str) -> None:
+        self._pool = pool
+        self._name = name
+
+    def begin(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        url = httpx.URL(request.url or "")
+        refuse_plain_http(url.scheme, url.host)
+        body = request.body
+        # Bytes and text can be sent again as they are; a seekable file is
+        # rewound for a replay (as requests does for a redirect); anything
+        # else can be read once only, so it is recorded while it goes out.
+        if body is not None and not isinstance(body, bytes | str) and not hasattr(body, "seek"):
+            request.body = _RecordedBody(body)
         return request
 
-    def _after(self, response: requests.Response, *, sent: Token, **kwargs: Any) -> requests.Response:
-        if response.status_code != 401:
-            return response
-        pool = get_pool()
-        pool.invalidate(self.name, sent)
-        pool.report_unauthorized(self.name, True)
-        fresh = pool.token(self.name)
-        # Release the first answer's connection, then replay the same request
-        # (requests keeps the body) with the new token and without this hook.
-        response.content  # noqa: B018 - reading the body lets the connection be reused
-        response.close()
-        retry = response.request.copy()
+    def prepare(self, request: requests.PreparedRequest, token: Token) -> None:
+        request.headers["Authorization"] = token.authorization
+        extra = self._pool.pool.api_headers(self._name)
+        if extra:
+            request.headers.update(extra)
+
+    def rewind(self, request: requests.PreparedRequest) -> requests.PreparedRequest | CannotReplay:
+        retry = request.copy()
+        # The copy shares the hooks dict: give the replay none, so that its
+        # answer does not re-enter the flow.
         retry.hooks = {"response": []}
-        _apply(retry, fresh, pool.pool.api_headers(self.name))
-        connection = response.connection
-        replayed: requests.Response = connection.send(retry, **kwargs)
-        replayed.history.append(response)
-        replayed.request = retry
-        if replayed.status_code == 401:
-            pool.report_unauthorized(self.name, False)
-        return replayed
-
-
-def _apply(request: requests.PreparedRequest, sent: Token, extra: Any) -> None:
-    url = httpx.URL(request.url or "")
-    if url.scheme != "https" and not is_loopback_host(url.host):
-        raise InsecureTransportError(
-            f"refusing to send a bearer token over plain http to {url.host}; use https"
-        )
-    request.headers["Authorization"] = sent.authorization
-    if extra:
-        request.headers.update(extra)
+        body = request.body
+        if isinstance(body, _RecordedBody):
+            data = body.recording.replayable()
+            if isinstance(data, CannotReplay):
+                return data
+            retry.body = data
+        elif body is not None and not isinstance(body, bytes | str):
+            try:
+                requests.utils.rewind_body(retry)
+            except requests.exceptions.UnrewindableBodyError:
+                return CannotReplay("body_not_replayable")
+        return retry
 
 
 # -- internals ------------------------------------------------------------------------------------

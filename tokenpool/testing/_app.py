@@ -347,6 +347,7 @@ def _seconds(value: object, name: str) -> float:
 class _Stats:
     __slots__ = (
         "by_client",
+        "by_http_version",
         "in_flight",
         "max_in_flight",
         "max_resource_in_flight",
@@ -369,6 +370,7 @@ class _Stats:
         self.token_failures: dict[str, int] = {}
         self.token_malformed: dict[str, int] = {}
         self.by_client: dict[str, int] = {}
+        self.by_http_version: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
         self.resource_calls = 0
@@ -427,6 +429,7 @@ class _Request:
     body: bytes = b""
     listener: str = "http"
     params: dict[str, str] = field(default_factory=dict)
+    http_version: str = "1.1"
 
 
 class _Disconnected(Exception):
@@ -652,7 +655,13 @@ class EmulatorApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send, listener: str) -> None:
         path: str = scope["path"]
         headers = {name.lower(): value for name, value in scope["headers"]}
-        request = _Request(scope["method"], path, headers, listener=listener)
+        request = _Request(
+            scope["method"],
+            path,
+            headers,
+            listener=listener,
+            http_version=str(scope.get("http_version", "1.1")),
+        )
         try:
             if path.startswith("/_admin"):
                 request.body = await _read_body(receive, _MAX_ADMIN_BODY)
@@ -693,6 +702,7 @@ class EmulatorApp:
     async def _token(self, provider: _Provider, request: _Request, receive: Receive, send: Send) -> None:
         stats = provider.stats
         stats.token_requests += 1
+        stats.by_http_version[request.http_version] = stats.by_http_version.get(request.http_version, 0) + 1
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight
@@ -1322,6 +1332,7 @@ class EmulatorApp:
                 "token_failures": dict(stats.token_failures),
                 "token_malformed": dict(stats.token_malformed),
                 "token_requests_by_client": dict(stats.by_client),
+                "token_requests_by_http_version": dict(stats.by_http_version),
                 "token_requests_in_flight": stats.in_flight,
                 "max_concurrent_token_requests": stats.max_in_flight,
                 "resource_calls": stats.resource_calls,

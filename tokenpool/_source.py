@@ -1,0 +1,69 @@
+"""The seam "where a token comes from": one small protocol below the cell.
+
+The pool wires one source into its cells.  A cell calls :meth:`TokenSource.fetch`
+from its own refresh task and turns the answer into a scheduled token; the
+source never sees the clock's schedule, and the cell never sees HTTP.
+
+Implementations:
+
+- ``tokenpool._http.HttpTokenSource``: the provider's token endpoint over HTTP
+  (clients, request slots, deadline, body cap, error mapping);
+- the fleet store (Redis) will be a second one: read the token another process
+  published, or take the lease and ask the HTTP source.  Such a source sets
+  :attr:`~tokenpool.TokenResponse.sent_at` on what it returns, so the cell
+  schedules an adopted token from *its* times.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._token import Token, TokenResponse
+    from .providers import Provider
+
+__all__ = ["TokenSource"]
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """Gets token responses for providers; shared by every cell of a pool.
+
+    ``fetch`` is called concurrently for different providers but at most once
+    at a time per cell (the cell's single flight), and it may be cancelled
+    when the pool closes.  It raises only
+    :class:`~tokenpool.TokenRequestError` subclasses for failures of the
+    provider or the network; ``ConfigurationError`` only from ``prepare``.
+    """
+
+    async def open(self) -> None:
+        """Acquire what fetching needs; runs once when the pool is entered."""
+
+    async def prepare(self, provider: Provider) -> None:
+        """Get ready to fetch for *provider* (build its TLS context off the event loop, say).
+
+        Called for every provider when the pool opens and for providers added
+        or replaced later, before their first fetch.
+
+        Raises:
+            ConfigurationError: the provider's settings cannot work (a client
+                certificate that cannot be loaded, say).
+        """
+
+    async def fetch(
+        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+    ) -> TokenResponse:
+        """One token response for *provider* (the pool calls it *name*).
+
+        Args:
+            name: The pool's name for the provider (for errors and logs).
+            provider: The adapter with the settings to use now.
+            previous: The token this one replaces (``None`` on a cold start).
+                Its access token must never appear in an error message.
+            rejected: *previous* was refused by the API (a 401): a shared
+                store must not hand the same token back.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release everything ``open`` and ``prepare`` acquired."""
