@@ -43,7 +43,15 @@ SECRET_KEYS = frozenset({"client_secret", "key_password"})
 #: Keys that describe a client certificate rather than a provider field.
 CERT_KEYS = frozenset({"cert_file", "key_file", "key_password"})
 POOL_KEYS = frozenset(
-    {"warm_up", "warm_up_timeout", "ca_file", "max_concurrent_requests", "metrics_interval"}
+    {
+        "warm_up",
+        "warm_up_timeout",
+        "ca_file",
+        "max_concurrent_requests",
+        "max_requests_per_host",
+        "metrics_interval",
+        "metrics_label",
+    }
 )
 
 

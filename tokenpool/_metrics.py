@@ -255,6 +255,11 @@ class PoolMetrics:
         if retried:
             self.series.retries.labels(group).inc()
 
+    def touch_all(self, groups: Iterable[str]) -> None:
+        """:meth:`touch` each of *groups* (thread-safe: the pool calls it from a worker thread)."""
+        for group in groups:
+            self.touch(group)
+
     def touch(self, group: str) -> None:
         """Create every labelled child for *group* so series exist (as 0) from the start.
 
@@ -263,9 +268,10 @@ class PoolMetrics:
         first failure of a kind would never show on a dashboard or in an alert.
         Once per group, not per cell.
         """
-        if group in self._touched:
-            return
-        self._touched.add(group)
+        with _series_lock:
+            if group in self._touched:
+                return
+            self._touched.add(group)
         s = self.series
         for metric in (s.hits, s.misses, s.attempts, s.unauthorized, s.retries, s.waiting, s.backoff):
             metric.labels(group)

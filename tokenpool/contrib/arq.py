@@ -38,17 +38,15 @@ With hooks of your own, call these from them (``await tokenpool_hooks.on_startup
 pool's auth, in ``ctx["tokenpool_clients"]``.  ``on_shutdown`` closes the
 clients, then the pool.
 
-arq calls the two hooks from different asyncio tasks, and a pool's task group
-must be exited by the task that entered it, so the pool is owned by a small
-task of its own that ``on_shutdown`` tells to finish.
+arq calls the two hooks from different asyncio tasks.  That needs nothing
+special: a pool's own tasks run in a task group hosted by a task of the pool's
+(see ``tokenpool._host``), so it is opened in one task and closed in another
+like any other resource.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -64,14 +62,8 @@ AsyncClientFactory = Callable[[str, httpx.Auth], httpx.AsyncClient]
 
 POOL_KEY = "tokenpool"
 CLIENTS_KEY = "tokenpool_clients"
-_OWNER_KEY = "_tokenpool_owner"
+_OPEN_KEY = "_tokenpool_open"
 _INTEGRATION = "arq"
-
-
-@dataclass(slots=True)
-class _Owner:
-    task: asyncio.Task[None]
-    stop: asyncio.Event
 
 
 class PoolHooks:
@@ -109,60 +101,37 @@ class PoolHooks:
 
     async def on_startup(self, ctx: MutableMapping[str, Any]) -> None:
         """Open the pool and the clients, and put them in *ctx*."""
-        if _OWNER_KEY in ctx:
+        if _OPEN_KEY in ctx:
             raise PoolStateError("a tokenpool is already open in this arq context")
         pool = TokenPool(build_providers(self._providers), **self._pool_options)
-        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        stop = asyncio.Event()
-        task = asyncio.create_task(_own(pool, opened, stop), name="tokenpool-arq-owner")
+        await pool.__aenter__()  # closes what it opened if it fails or is cancelled
         try:
-            await opened
             clients = {name: self._make_client(name, pool.auth(name)) for name in pool.names}
         except BaseException:
-            stop.set()
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await pool.aclose()
             raise
-        ctx[_OWNER_KEY] = _Owner(task, stop)
+        ctx[_OPEN_KEY] = True
         ctx[self._pool_key] = pool
         ctx[self._clients_key] = clients
         log_opened(self._logger, _INTEGRATION, pool.names)
 
     async def on_shutdown(self, ctx: MutableMapping[str, Any]) -> None:
         """Close the clients, then the pool.  Does nothing if ``on_startup`` did not run."""
-        owner = ctx.pop(_OWNER_KEY, None)
+        opened = ctx.pop(_OPEN_KEY, False)
         clients: Mapping[str, httpx.AsyncClient] = ctx.pop(self._clients_key, None) or {}
         pool: TokenPool | None = ctx.pop(self._pool_key, None)
         try:
             for open_client in clients.values():
                 await open_client.aclose()
         finally:
-            if isinstance(owner, _Owner):
-                owner.stop.set()
-                await owner.task
+            if opened and isinstance(pool, TokenPool):
+                await pool.aclose()
         if pool is not None:
             log_closed(self._logger, _INTEGRATION, pool.statistics())
 
     def _make_client(self, name: str, auth: httpx.Auth) -> httpx.AsyncClient:
         factory = self._client_factory
         return factory(name, auth) if factory is not None else httpx.AsyncClient(auth=auth)
-
-
-async def _own(pool: TokenPool, opened: asyncio.Future[None], stop: asyncio.Event) -> None:
-    """Enter the pool, report it open, and hold it until told to stop."""
-    try:
-        async with pool:
-            opened.set_result(None)
-            await stop.wait()
-    except BaseException as exc:
-        if opened.done():
-            raise
-        # Entering failed: the error belongs to on_startup, which awaits `opened`.
-        if isinstance(exc, asyncio.CancelledError):
-            opened.cancel()
-        else:
-            opened.set_exception(exc)
 
 
 def get_pool(ctx: Mapping[str, Any], *, key: str = POOL_KEY) -> TokenPool:
