@@ -213,3 +213,71 @@ def test_cli_help_and_usage_errors(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "no such file" in bad.stderr
+
+
+@pytest.mark.integration
+def test_check_never_prints_the_secret_a_server_quotes_back(tmp_path: Path) -> None:
+    """A token endpoint that quotes the Basic header and the form body it got, in its error text."""
+    import base64
+    import json
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    secret = 'Zx9+/q=w"e\\r é&t%y-long-enough'
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
+            quoted = f"got Authorization={self.headers.get('authorization')} body={body}"
+            answer = json.dumps({"error": "invalid_client", "error_description": quoted}).encode()
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/oauth/token"
+        path = write(
+            tmp_path,
+            f"""
+            [providers.basic]
+            type = "client_credentials"
+            token_url = "{url}"
+            client_id = "basic-client"
+            client_secret = "${{ECHO_SECRET}}"
+            auth_method = "client_secret_basic"
+
+            [providers.post]
+            type = "client_credentials"
+            token_url = "{url}"
+            client_id = "post-client"
+            client_secret = "${{ECHO_SECRET}}"
+            auth_method = "client_secret_post"
+            """,
+        )
+        result = run_check(path, {**os.environ, "ECHO_SECRET": secret})
+    finally:
+        server.shutdown()
+        server.server_close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "basic" in result.stdout
+    assert "post" in result.stdout
+    basic = base64.b64encode(f"basic-client:{urllib.parse.quote_plus(secret)}".encode()).decode()
+    for form in (
+        secret,
+        urllib.parse.quote_plus(secret),
+        urllib.parse.quote(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        basic,
+        base64.b64encode(f"basic-client:{secret}".encode()).decode(),
+    ):
+        assert form not in output, form

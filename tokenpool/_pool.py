@@ -138,11 +138,22 @@ class TokenPool:
         ca_file: CA bundle that the pool's own clients trust (default:
             certifi's).  Needed for private CAs such as the emulator's.
         max_concurrent_requests: Token requests in flight at once, across all
-            providers; the rest queue in FIFO order (see PEERS.md: httpcore's
-            pool degrades badly with thousands of queued requests).
+            providers; the rest queue in FIFO order (httpcore's pool degrades
+            badly with thousands of queued requests).
+        max_requests_per_host: Token requests in flight at once per token
+            endpoint host and port, so that one hung provider holds at most
+            this many of the global slots and never delays another's token.
+        source: Where tokens come from (a :class:`~tokenpool.TokenSource`);
+            by default HTTP to each provider's token endpoint, configured by
+            *client*, *ca_file* and the two limits above.  Tests pass a
+            scripted one.
         metrics: ``True`` (default) registers Prometheus series in the global
             registry; a ``CollectorRegistry`` registers them there; ``False``
             records nothing.
+        metrics_label: The value of the ``provider`` label: ``"kind"``
+            (default: the adapter's kind, one series per provider type however
+            many tenants), ``"name"`` (the pool's names, per-name detail) or a
+            callable ``(name, provider) -> str`` (your own groups).
         metrics_interval: How often hit/miss counts are folded into counters.
         logger: A structlog-style logger (default
             ``structlog.get_logger("tokenpool")``).  tokenpool never configures
@@ -205,7 +216,6 @@ class TokenPool:
             )
         elif not isinstance(source, TokenSource):
             raise ConfigurationError(f"source must be a TokenSource, got {type(source).__name__}")
-        self._source: TokenSource = source
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._now = self._clock.now
         # Not for cryptography: jitter only needs to differ between workers.
@@ -214,6 +224,7 @@ class TokenPool:
         self._metrics_label = metrics_label
         self._metrics_interval = metrics_interval
         self._observer = Observer(logger, self._metrics)
+        self._source: TokenSource = source
         self._warm_up: WarmUp = warm_up
         self._warm_up_timeout = warm_up_timeout
         self._scheduler = Scheduler(self._clock)
