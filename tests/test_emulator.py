@@ -29,7 +29,14 @@ import pytest
 import trustme
 
 from tokenpool.providers import ClientCertificate
-from tokenpool.testing import PROVIDERS, EmulatorApp, EmulatorError, EmulatorProcess, EmulatorSettings
+from tokenpool.testing import (
+    PROVIDERS,
+    ClientSpec,
+    EmulatorApp,
+    EmulatorError,
+    EmulatorProcess,
+    EmulatorSettings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -208,6 +215,7 @@ def test_admin_api_answers_on_every_listener(
         assert response.json() == {"ok": True}
     index = plain.get(f"{emulator.admin_url}/").json()
     assert "POST /_admin/faults" in index["endpoints"]
+    assert "POST /_admin/revoke-on-issue" in index["endpoints"]
 
 
 # --------------------------------------------------------------------------- NTX Pay MX
@@ -716,6 +724,88 @@ def test_mass_revocation(emulator: EmulatorProcess, tls: httpx.Client) -> None:
     assert tls.get(resource(emulator, "generic"), headers=bearer(fresh)).status_code == 200
 
 
+def test_revoke_on_issue_revokes_the_clients_earlier_tokens(
+    emulator: EmulatorProcess, tls: httpx.Client
+) -> None:
+    url = resource(emulator, "generic")
+    navro = navro_token(tls, emulator).json()["access_token"]
+    before = generic_token(tls, emulator).json()["access_token"]  # issued while the mode was off
+    emulator.set_revoke_on_issue("generic")
+    first = generic_token(tls, emulator).json()["access_token"]
+    revoked = tls.get(url, headers=bearer(before))
+    assert revoked.status_code == 401
+    assert revoked.json()["reason"] == "revoked"
+    assert 'error="invalid_token"' in revoked.headers["www-authenticate"]
+    assert tls.get(url, headers=bearer(first)).status_code == 200
+    second = generic_token(tls, emulator).json()["access_token"]
+    assert tls.get(url, headers=bearer(first)).json()["reason"] == "revoked"
+    assert tls.get(url, headers=bearer(second)).status_code == 200
+    # Another provider's token is untouched, and so is that provider's mode.
+    assert tls.get(resource(emulator, "navro"), headers=bearer(navro, **NAVRO_VERSION)).status_code == 200
+    stats = emulator.stats(events=False)["providers"]
+    generic = stats["generic"]
+    assert generic["revoke_on_issue"] is True
+    assert generic["revoked_on_issue"] == 2
+    assert generic["tokens_issued"] == 3
+    assert generic["live_tokens"] == 1
+    assert generic["resource_401"] == {"revoked": 2}
+    assert stats["navro"]["revoke_on_issue"] is False
+    assert stats["navro"]["revoked_on_issue"] == 0
+    assert stats["navro"]["live_tokens"] == 1
+    # An admin revocation is not counted as one caused by issuing.
+    assert emulator.revoke_tokens("generic") == 1
+    third = generic_token(tls, emulator).json()["access_token"]
+    assert tls.get(url, headers=bearer(third)).status_code == 200
+    assert provider_stats(emulator, "generic")["revoked_on_issue"] == 2
+
+
+def test_revoke_on_issue_is_off_by_default_and_can_be_switched_off(
+    emulator: EmulatorProcess, plain: httpx.Client, tls: httpx.Client
+) -> None:
+    url = resource(emulator, "zertiban")
+    tenant = {"x-tenant-id": emulator.client_info("zertiban")["business_uuids"][0]}
+    assert provider_stats(emulator, "zertiban")["revoke_on_issue"] is False
+    tokens = [zertiban_token(tls, emulator).json()["access_token"] for _ in range(2)]
+    emulator.set_revoke_on_issue("zertiban")
+    emulator.set_revoke_on_issue("zertiban", enabled=False)
+    tokens.append(zertiban_token(tls, emulator).json()["access_token"])
+    for token in tokens:
+        assert tls.get(url, headers=bearer(token, **tenant)).status_code == 200
+    stats = provider_stats(emulator, "zertiban")
+    assert stats["revoke_on_issue"] is False
+    assert stats["revoked_on_issue"] == 0
+    assert stats["live_tokens"] == 3
+    # The admin endpoint itself: its answer, and what it refuses.
+    answer = plain.post(f"{emulator.admin_url}/revoke-on-issue", json={"provider": "payme"})
+    assert answer.json() == {"provider": "payme", "revoke_on_issue": True}
+    for body in ({}, {"provider": "stripe"}, {"provider": "payme", "enabled": "yes"}):
+        refused = plain.post(f"{emulator.admin_url}/revoke-on-issue", json=body)
+        assert refused.status_code == 400, body
+    assert provider_stats(emulator, "payme")["revoke_on_issue"] is True
+    with pytest.raises(ValueError, match="unknown provider"):
+        emulator.set_revoke_on_issue("stripe")
+
+
+def test_reset_turns_revoke_on_issue_off(emulator: EmulatorProcess, tls: httpx.Client) -> None:
+    for provider in PROVIDERS:
+        emulator.set_revoke_on_issue(provider)
+    generic_token(tls, emulator)
+    generic_token(tls, emulator)
+    assert provider_stats(emulator, "generic")["revoked_on_issue"] == 1
+
+    emulator.reset()
+
+    stats = emulator.stats(events=False)["providers"]
+    for provider in PROVIDERS:
+        assert stats[provider]["revoke_on_issue"] is False
+        assert stats[provider]["revoked_on_issue"] == 0
+    url = resource(emulator, "generic")
+    tokens = [generic_token(tls, emulator).json()["access_token"] for _ in range(2)]
+    for token in tokens:
+        assert tls.get(url, headers=bearer(token)).status_code == 200
+    assert provider_stats(emulator, "generic")["revoked_on_issue"] == 0
+
+
 def test_tokens_expire_by_the_server_clock(emulator: EmulatorProcess, tls: httpx.Client) -> None:
     """The one real wait: 1-second tokens, checked just after their second is up."""
     emulator.set_lifetime("generic", expires_in=1)
@@ -995,6 +1085,8 @@ def test_stats_count_exactly(emulator: EmulatorProcess, tls: httpx.Client) -> No
         "resource_disconnected": 0,
         "max_concurrent_resource_calls": 1,
         "live_tokens": 3,
+        "revoke_on_issue": False,
+        "revoked_on_issue": 0,
     }
     for other in set(PROVIDERS) - {"zertiban"}:
         assert stats["providers"][other]["token_requests"] == 0
@@ -1223,3 +1315,46 @@ async def test_in_process_app_expires_and_prunes_by_its_clock() -> None:
         assert app.stats()["tracked_tokens"] == 0
         forgotten = await client.get("/generic/api/resource", headers=bearer(token))
         assert forgotten.json()["reason"] == "unknown"
+
+
+@pytest.mark.anyio
+async def test_in_process_revoke_on_issue_spares_other_clients_and_expired_tokens() -> None:
+    """Two clients of one provider (the child process has one per provider), and a scripted clock."""
+    now = [1000.0]
+    known = {"client-a": "secret-a", "client-b": "secret-b"}
+    specs = tuple(ClientSpec(client_id, secret) for client_id, secret in known.items())
+    app = EmulatorApp(EmulatorSettings(clients={"generic": specs}, clock=lambda: now[0]))
+    app.set_revoke_on_issue("generic")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as client:
+
+        async def token(client_id: str) -> str:
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": known[client_id],
+            }
+            response = await client.post("/generic/oauth/token", data=form)
+            assert response.status_code == 200, response.text
+            return str(response.json()["access_token"])
+
+        async def outcome(token: str) -> str:
+            response = await client.get("/generic/api/resource", headers=bearer(token))
+            return "ok" if response.status_code == 200 else str(response.json()["reason"])
+
+        a1 = await token("client-a")
+        b1 = await token("client-b")
+        a2 = await token("client-a")
+        assert [await outcome(t) for t in (a1, b1, a2)] == ["revoked", "ok", "ok"]
+        assert app.stats()["providers"]["generic"]["revoked_on_issue"] == 1
+        now[0] += 600.0  # every token so far has expired by the server's clock
+        a3 = await token("client-a")
+        # An expired token is not revoked again: it stays expired and is not counted.
+        assert [await outcome(t) for t in (a1, b1, a2, a3)] == ["revoked", "expired", "expired", "ok"]
+        b2 = await token("client-b")
+        b3 = await token("client-b")
+        assert [await outcome(t) for t in (a3, b2, b3)] == ["ok", "revoked", "ok"]
+        stats = app.stats()["providers"]["generic"]
+        assert stats["revoked_on_issue"] == 2
+        assert stats["live_tokens"] == 2
+        assert stats["token_requests_by_client"] == {"client-a": 3, "client-b": 3}

@@ -17,9 +17,17 @@ Paths (the same on every listener)::
     POST /generic/oauth/token                    RFC 6749 §4.4 (client_secret_basic or _post)
     *    /{provider}/api/resource                bearer-protected resource
     POST /ntxmx/api/spei/cash-out                bearer-protected, 201 {"status": "PENDING"}
-    GET|POST /_admin/...                         stats, faults, revocation, rotation, lifetimes, reset
+    GET|POST /_admin/...                         stats, faults, revocation, revoke-on-issue, rotation,
+                                                 lifetimes, reset
 
 The admin API is described by ``GET /_admin/``.
+
+Revoke on issue (``set_revoke_on_issue`` / ``POST /_admin/revoke-on-issue``), per
+provider, off by default and after a reset: like a token server that keeps one
+live token per client, issuing a token to a client revokes every earlier token
+of that provider and client that is still live (not revoked, not expired); its
+resource calls then get 401 ``revoked``.  Other clients' and providers' tokens
+are untouched; the provider's ``revoked_on_issue`` counter says how many were hit.
 
 Resource calls are checked in this order: the bearer token (present, known,
 issued by this provider, not revoked, not expired by the server's clock; else
@@ -40,8 +48,10 @@ in one spec, several specs stacking:
 
 Counters (``stats()``) are plain integers updated on the single event loop, so
 they are exact; ``token_failures`` is keyed by HTTP status, or ``dropped`` /
-``disconnected``; the event timeline (``token_request``, ``token_issued``,
-``token_failure``, ``resource_401``) uses seconds since the app started.
+``disconnected``; ``revoke_on_issue`` is that mode's current setting and
+``revoked_on_issue`` the number of tokens it revoked; the event timeline
+(``token_request``, ``token_issued``, ``token_failure``, ``resource_401``) uses
+seconds since the app started.
 """
 
 from __future__ import annotations
@@ -237,7 +247,7 @@ def _check_scale(scale: object) -> float:
 
 
 class _Client:
-    __slots__ = ("businesses", "scope_order", "scopes", "secret", "spec")
+    __slots__ = ("businesses", "scope_order", "scopes", "secret", "spec", "tokens")
 
     def __init__(self, spec: ClientSpec, default_scope: str) -> None:
         self.spec = spec
@@ -245,6 +255,9 @@ class _Client:
         self.scope_order = tuple((spec.scope or default_scope).split())
         self.scopes = frozenset(self.scope_order)
         self.businesses = frozenset(spec.business_uuids)
+        # The tracked tokens issued to this client (pruned with the app's table),
+        # so that revoke-on-issue touches only this client's tokens.
+        self.tokens: dict[str, _Token] = {}
 
 
 class _Token:
@@ -336,6 +349,16 @@ class _Fault:
         return doc
 
 
+def _revoke_live(tokens: Iterable[_Token], now: float) -> int:
+    """Revoke the live (unrevoked, unexpired) ones of *tokens*; returns how many."""
+    revoked = 0
+    for token in tokens:
+        if not token.revoked and now < token.expires_at:
+            token.revoked = True
+            revoked += 1
+    return revoked
+
+
 def _seconds(value: object, name: str) -> float:
     if value is None:
         return 0.0
@@ -358,6 +381,7 @@ class _Stats:
         "resource_disconnected",
         "resource_in_flight",
         "resource_ok",
+        "revoked_on_issue",
         "token_failures",
         "token_malformed",
         "token_requests",
@@ -381,10 +405,20 @@ class _Stats:
         self.resource_disconnected = 0
         self.resource_in_flight = 0
         self.max_resource_in_flight = 0
+        self.revoked_on_issue = 0
 
 
 class _Provider:
-    __slots__ = ("clients", "default", "expires_in_exact", "faults", "lifetime", "name", "stats")
+    __slots__ = (
+        "clients",
+        "default",
+        "expires_in_exact",
+        "faults",
+        "lifetime",
+        "name",
+        "revoke_on_issue",
+        "stats",
+    )
 
     def __init__(self, name: str, specs: Sequence[ClientSpec]) -> None:
         default_scope = {"ntxmx": NTXMX_SCOPE, "ntxpix": NTXPIX_SCOPE, "payme": PAYME_SCOPE}.get(name, "")
@@ -394,6 +428,7 @@ class _Provider:
         self.lifetime: float = float(DEFAULT_LIFETIMES[name])
         self.expires_in_exact: int | None = None
         self.faults: list[_Fault] = []
+        self.revoke_on_issue = False
         self.stats = _Stats()
 
 
@@ -775,7 +810,12 @@ class EmulatorApp:
         now = self._clock()
         expires_in = self.expires_in(provider.name)
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = _Token(provider.name, grant.client, grant.scopes, now + expires_in)
+        client = grant.client
+        if provider.revoke_on_issue:
+            stats.revoked_on_issue += _revoke_live(client.tokens.values(), now)
+            client.tokens.clear()  # all revoked or expired: nothing left for a later issue to revoke
+        issued = _Token(provider.name, client, grant.scopes, now + expires_in)
+        self._tokens[token] = client.tokens[token] = issued
         heapq.heappush(self._expiry_heap, (now + expires_in, token))
         self._prune(now)
         stats.tokens_issued += 1
@@ -794,7 +834,9 @@ class EmulatorApp:
         limit = now - self.settings.expired_token_grace
         while heap and heap[0][0] <= limit:
             _, token = heapq.heappop(heap)
-            self._tokens.pop(token, None)
+            issued = self._tokens.pop(token, None)
+            if issued is not None:
+                issued.client.tokens.pop(token, None)
 
     # ------------------------------------------------------------------ per-provider validation
 
@@ -1220,7 +1262,11 @@ class EmulatorApp:
         return max(1, round(state.lifetime * self._scale))
 
     def reset(self) -> None:
-        """Forget tokens, faults, counters, events, rotated secrets, lifetimes and the scale's changes."""
+        """Forget tokens, faults, counters and events, and undo every change of settings.
+
+        Rotated secrets, lifetimes, the lifetime scale and revoke-on-issue (off)
+        are back to their start values.
+        """
         self._providers = {name: _Provider(name, self._specs[name]) for name in PROVIDERS}
         self._tokens = {}
         self._expiry_heap = []
@@ -1259,6 +1305,30 @@ class EmulatorApp:
                 token.revoked = True
                 revoked += now < token.expires_at
         return revoked
+
+    def set_revoke_on_issue(self, provider: str, enabled: bool = True) -> bool:
+        """Switch revoke-on-issue on or off for one provider; returns the new setting.
+
+        While it is on, issuing a token to a client revokes every earlier token
+        of that provider and client that is still live (not revoked, not
+        expired), as a token server keeping one live token per client does;
+        each one hit counts in the provider's ``revoked_on_issue``.  Tokens
+        issued before it was switched on count as earlier tokens too.
+        :meth:`reset` switches it off.
+
+        Args:
+            provider: The provider.
+            enabled: On (the default) or off.
+
+        Raises:
+            ValueError: Unknown provider.
+            TypeError: *enabled* is not a bool.
+        """
+        state = self._provider(provider)
+        if not isinstance(enabled, bool):
+            raise TypeError("enabled must be true or false")
+        state.revoke_on_issue = enabled
+        return enabled
 
     def rotate_secret(self, provider: str, client_id: str | None = None) -> str:
         """Give a client a new secret; the old one fails at once, issued tokens stay valid."""
@@ -1343,6 +1413,8 @@ class EmulatorApp:
                 "resource_disconnected": stats.resource_disconnected,
                 "max_concurrent_resource_calls": stats.max_resource_in_flight,
                 "live_tokens": live[name],
+                "revoke_on_issue": state.revoke_on_issue,
+                "revoked_on_issue": stats.revoked_on_issue,
                 "expires_in": self.expires_in(name),
                 "faults": [
                     fault.describe(now) for fault in state.faults if fault.until is None or now < fault.until
@@ -1401,6 +1473,10 @@ class EmulatorApp:
                 return _json(200, {"cleared": self.clear_faults(body.get("provider"))})
             if action == "revoke":
                 return _json(200, {"revoked": self.revoke_tokens(body.get("provider"))})
+            if action == "revoke-on-issue":
+                provider = body.get("provider", "")
+                enabled = self.set_revoke_on_issue(provider, body.get("enabled", True))
+                return _json(200, {"provider": provider, "revoke_on_issue": enabled})
             if action == "rotate-secret":
                 provider = body.get("provider")
                 secret = self.rotate_secret(body.get("provider", ""), body.get("client_id"))
@@ -1423,11 +1499,14 @@ _ADMIN_HELP: Final = {
     "GET /_admin/stats[?events=0][&since=T]": "counters per provider and the event timeline",
     "GET /_admin/credentials[?provider=P]": "current client credentials",
     "GET /_admin/health": "liveness",
-    "POST /_admin/reset": "clear tokens, faults, counters, events, rotated secrets, lifetimes, scale changes",
+    "POST /_admin/reset": "clear tokens, faults, counters, events, rotated secrets, lifetimes, "
+    "scale changes, revoke-on-issue settings",
     "POST /_admin/faults": '{"provider", "latency"?, "resource_latency"?, "status"?, "retry_after"?, '
     '"malformed"?, "drop"?, "duration"?, "count"?}',
     "POST /_admin/clear-faults": '{"provider"?}',
     "POST /_admin/revoke": '{"provider"?}: revoke every issued token',
+    "POST /_admin/revoke-on-issue": '{"provider", "enabled"?}: while enabled (default true), a new token '
+    "revokes the same client's earlier live ones",
     "POST /_admin/rotate-secret": '{"provider", "client_id"?}: returns the new secret',
     "POST /_admin/lifetime": '{"provider", "seconds" | "expires_in"}: neither restores the default',
     "POST /_admin/lifetime-scale": '{"scale"}',

@@ -341,7 +341,7 @@ class EmulatorProcess:
         return result
 
     def reset(self) -> None:
-        """Clear tokens, faults, counters, events, rotated secrets, lifetimes and scale changes."""
+        """Clear tokens, faults, counters and events; undo rotations, lifetimes, scale, revoke-on-issue."""
         self._admin("POST", "reset", json={})
 
     def fault(
@@ -396,6 +396,29 @@ class EmulatorProcess:
         """Revoke every token issued so far (by *provider*, or all); returns how many live tokens were hit."""
         body = {} if provider is None else {"provider": _check(provider)}
         return int(self._admin("POST", "revoke", json=body)["revoked"])
+
+    def set_revoke_on_issue(self, provider: str, enabled: bool = True) -> None:
+        """Switch *provider*'s revoke-on-issue mode on (the default) or off.
+
+        While it is on, each token the provider issues to a client revokes that
+        client's earlier tokens from this provider that are still live (their
+        resource calls get 401 ``revoked``), as a token server keeping one live
+        token per client does.  Other clients and providers are untouched; the
+        provider's ``revoked_on_issue`` counter in :meth:`stats` counts the hits.
+        :meth:`reset` switches it off.
+
+        Args:
+            provider: Which provider.
+            enabled: On or off.
+
+        Raises:
+            ValueError: Unknown provider.
+            TypeError: *enabled* is not a bool.
+            EmulatorError: The emulator refused the call or is not running.
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError("enabled must be true or false")
+        self._admin("POST", "revoke-on-issue", json={"provider": _check(provider), "enabled": enabled})
 
     def rotate_secret(self, provider: str) -> str:
         """Give the default client a new secret (the old one fails at once) and return it."""

@@ -62,7 +62,7 @@ def build_parser(prog: str = "python -m tokenpool.testing") -> argparse.Argument
         epilog=(
             "Admin API (JSON, on every listener): GET /_admin/ lists it; GET /_admin/stats, "
             "POST /_admin/faults, /_admin/clear-faults, /_admin/revoke, /_admin/rotate-secret, "
-            "/_admin/lifetime, /_admin/lifetime-scale, /_admin/reset."
+            "/_admin/lifetime, /_admin/lifetime-scale, /_admin/revoke-on-issue, /_admin/reset."
         ),
     )
     parser.add_argument(
