@@ -13,15 +13,22 @@ Examples::
     python -m benchmarks.harness                        # everything (~12 min)
     python -m benchmarks.harness --scenarios steady,mass-revocation --duration 10
     python -m benchmarks.harness --list
+    python -m benchmarks.harness --scenarios fleet                # W = 8 workers, with and without Redis
+
+The ``fleet`` scenario starts its own ``redis-server`` (loopback, a free
+port, no persistence) the first time a run needs it, empties it before every
+run that uses it, and stops it when the harness ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from tokenpool._fleet import FleetSettings, ProgressPrinter, emulator_specs, run
 from tokenpool.testing import EmulatorProcess
 
 from . import report
+from .redis_server import RedisServer
 from .scenarios import PEER_SCALE, SCENARIOS, STEADY_SCALE, Ctx, Options, RunPlan, plans_for, set_lifetimes
 
 __all__ = ["main"]
@@ -45,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
             "injected faults — and beside peer libraries; assert each scenario's expected outcome. "
             "Writes results.json, results.md and PNG plots."
         ),
-        epilog="scenarios: " + ", ".join(SCENARIOS) + " (default: all; 'peers' needs the bench extra)",
+        epilog="scenarios: "
+        + ", ".join(SCENARIOS)
+        + " (default: all; 'peers' needs the bench extra, 'fleet' redis-server and the redis extra)",
     )
     parser.add_argument(
         "--scenarios",
@@ -58,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="list the scenarios and their expectations, then exit"
     )
     parser.add_argument("--workers", type=int, default=3, metavar="W", help="worker processes (default 3)")
+    parser.add_argument(
+        "--fleet-workers",
+        type=int,
+        default=8,
+        metavar="W",
+        help="worker processes of the fleet scenario's runs (default 8; the issue's proof needs ≥ 8)",
+    )
+    parser.add_argument(
+        "--fleet-rate",
+        type=float,
+        default=200.0,
+        metavar="N",
+        help="calls per second the fleet scenario's workers offer together, by a pause after each call "
+        "(default 200; 0: as fast as they can, which saturates a small machine)",
+    )
     parser.add_argument(
         "--tasks", type=int, default=10, metavar="C", help="tasks per provider per worker (default 10)"
     )
@@ -93,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scenario_names(text: str, *, peers: bool) -> list[str]:
+def _scenario_names(text: str, *, peers: bool, fleet: bool = True) -> list[str]:
     if text == "all":
-        names = [name for name in SCENARIOS if name != "peers" or peers]
+        names = [name for name in SCENARIOS if (name != "peers" or peers) and (name != "fleet" or fleet)]
     else:
         names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SCENARIOS]
@@ -108,10 +133,27 @@ def _peers_available() -> list[str]:
     return [name for name in ("authlib", "httpx_auth") if importlib.util.find_spec(name) is None]
 
 
+def _fleet_missing() -> list[str]:
+    """What the fleet scenario needs and this machine lacks."""
+    missing = []
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server (Debian: apt-get install redis-server)")
+    if importlib.util.find_spec("redis") is None:
+        missing.append("redis-py (pip install -e '.[redis]')")
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.fleet_workers < 1 or args.tasks < 1:
+        parser.error("--workers, --fleet-workers and --tasks must be at least 1")
+    if not args.fleet_rate >= 0:
+        parser.error("--fleet-rate must not be negative")
     opts = Options(
         workers=args.workers,
+        fleet_workers=args.fleet_workers,
+        fleet_rate=args.fleet_rate,
         tasks=args.tasks,
         tenants=args.tenants,
         max_in_flight=args.max_in_flight,
@@ -121,22 +163,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=not args.plain_http,
     )
     missing = _peers_available()
-    names = _scenario_names(args.scenarios, peers=not args.no_peers and not missing)
+    fleet_missing = _fleet_missing()
+    names = _scenario_names(args.scenarios, peers=not args.no_peers and not missing, fleet=not fleet_missing)
     notes: list[str] = []
     if "peers" in names and missing:
         raise SystemExit(f"the peers scenario needs {', '.join(missing)}: pip install -e '.[bench]'")
+    if "fleet" in names and fleet_missing and not args.list:
+        raise SystemExit(f"the fleet scenario needs {', '.join(fleet_missing)}")
     if args.scenarios == "all" and missing and not args.no_peers:
         notes.append(f"peers skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')")
+    if args.scenarios == "all" and fleet_missing:
+        notes.append(f"fleet skipped: {', '.join(fleet_missing)} not installed")
     plans = plans_for(names, opts)
     if args.list:
         for plan in plans:
             print(f"{plan.label:38} {plan.duration:5.0f} s  {plan.title}\n{'':46}expects: {plan.expectation}")
         return 0
+    if "fleet" in names and opts.fleet_workers < 8:
+        notes.append(f"fleet ran with {opts.fleet_workers} workers; the issue's proof asks for at least 8")
     args.out.mkdir(parents=True, exist_ok=True)
     total = sum(p.duration for p in plans)
+    sizes = "/".join(str(w) for w in sorted({p.workers or opts.workers for p in plans}))
     print(
         f"benchmarks.harness: {len(plans)} runs, ~{total / 60:.1f} min of load "
-        f"({opts.workers} workers × {opts.tasks} tasks per provider); results in {args.out}",
+        f"({sizes} workers × {opts.tasks} tasks per provider); results in {args.out}",
         file=sys.stderr,
         flush=True,
     )
@@ -150,10 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = False
     started = time.monotonic()
     try:
-        with EmulatorProcess(lifetime_scale=STEADY_SCALE) as emu:
+        with EmulatorProcess(lifetime_scale=STEADY_SCALE) as emu, contextlib.ExitStack() as resources:
+            servers: list[RedisServer] = []
+
+            def redis() -> RedisServer:
+                # Started the first time a run needs it; stopped when the harness ends.
+                if not servers:
+                    servers.append(resources.enter_context(RedisServer()))
+                return servers[0]
+
             for number, plan in enumerate(plans, start=1):
                 try:
-                    record = _run(emu, plan, opts, number, len(plans), quiet=args.quiet)
+                    record = _run(emu, plan, opts, number, len(plans), quiet=args.quiet, redis=redis)
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     # One run that could not start (a worker died on import, say) is a
                     # failed run in the report, not the end of the whole harness.
@@ -196,14 +254,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(
-    emu: EmulatorProcess, plan: RunPlan, opts: Options, number: int, count: int, *, quiet: bool
+    emu: EmulatorProcess,
+    plan: RunPlan,
+    opts: Options,
+    number: int,
+    count: int,
+    *,
+    quiet: bool,
+    redis: Callable[[], RedisServer] | None = None,
 ) -> dict[str, Any]:
     emu.reset()
     lifetimes = set_lifetimes(emu, plan)
+    if plan.prepare is not None:
+        plan.prepare(emu)
     specs = emulator_specs(emu, providers=plan.providers, tls=opts.tls, zertiban_tenants=plan.tenants)
+    workers = plan.workers or opts.workers
+    server: RedisServer | None = None
+    if plan.store:
+        if redis is None:
+            raise RuntimeError(f"{plan.label} needs a redis-server and the harness gave it none")
+        server = redis()
+        server.flush()  # no run adopts another run's tokens (the emulator forgot them on reset)
     settings = FleetSettings(
         specs=tuple(specs),
-        workers=opts.workers,
+        workers=workers,
         tasks=opts.tasks,
         duration=plan.duration,
         max_in_flight=opts.max_in_flight,
@@ -211,34 +285,52 @@ def _run(
         ca_file=emu.ca_file if opts.tls else None,
         policy=plan.policy,
         strategy=plan.strategy,
+        store_url=None if server is None else server.url,
+        think_time=plan.think_time,
     )
-    ctx = Ctx(emu=emu, plan=plan, lifetimes=lifetimes)
+    ctx = Ctx(emu=emu, plan=plan, lifetimes=lifetimes, workers=workers)
     label = f"[{number}/{count}] {plan.label}"
-    print(f"{label}: {plan.title} (lifetimes {lifetimes})", file=sys.stderr, flush=True)
+    print(
+        f"{label}: {plan.title} (lifetimes {lifetimes}"
+        + ("" if server is None else f"; store {server.url}")
+        + ")",
+        file=sys.stderr,
+        flush=True,
+    )
     progress = None if quiet else ProgressPrinter(label, plan.duration)
+    commands_before = None if server is None else server.commands_processed()
     result = run_fleet(settings, actions=plan.actions(ctx), progress=progress)
-    server = emu.stats()
-    ctx.server = server
-    ctx.emulator_offset = (time.monotonic() - float(server["now"])) - result.started
+    if server is not None and commands_before is not None:
+        # Minus the INFO that reads the count.
+        ctx.redis_commands = max(0, server.commands_processed() - commands_before - 1)
+    stats = emu.stats()
+    ctx.server = stats
+    ctx.emulator_offset = (time.monotonic() - float(stats["now"])) - result.started
     checks = plan.checks(ctx, result) if not result.interrupted else []
+    summary = plan.summary(ctx, result) if plan.summary is not None and not result.interrupted else None
     passed = all(c.passed for c in checks) and not result.interrupted
     verdict = ("PASS" if passed else "FAIL") if plan.asserted else "measured"
     t = result.total
     print(
         f"{label}: {verdict}: {t.calls:,} calls, {t.unauthorized} 401s ({t.recovered_401} retried), "
         f"{t.failed} failed, {t.token_requests} token requests (ideal {t.ideal})"
+        + ("" if summary is None or "line" not in summary else f"\n    {summary['line']}")
         + "".join(f"\n    FAIL {c.name}: {c.detail}" for c in checks if not c.passed),
         file=sys.stderr,
         flush=True,
     )
     emulator = {
-        name: {k: v for k, v in stats.items() if k != "faults"} for name, stats in server["providers"].items()
+        name: {k: v for k, v in figures.items() if k != "faults"}
+        for name, figures in stats["providers"].items()
     }
     return {
         "label": plan.label,
         "scenario": plan.scenario,
         "strategy": plan.strategy.label,
         "group": plan.group,
+        "workers": workers,
+        "store": plan.store,
+        "fleet": summary,
         "title": plan.title,
         "expectation": plan.expectation,
         "asserted": plan.asserted,
@@ -249,7 +341,7 @@ def _run(
         "policy": None if plan.policy is None else _policy_json(plan.policy),
         "result": result.to_json(),
         "emulator": {name: emulator[name] for name in plan.providers if name in emulator},
-        "timeline": report.timeline(server.get("events", []), ctx.emulator_offset, plan.duration),
+        "timeline": report.timeline(stats.get("events", []), ctx.emulator_offset, plan.duration),
     }
 
 
@@ -277,6 +369,9 @@ def _error_record(plan: RunPlan, exc: BaseException) -> dict[str, Any]:
         "scenario": plan.scenario,
         "strategy": plan.strategy.label,
         "group": plan.group,
+        "workers": plan.workers,
+        "store": plan.store,
+        "fleet": None,
         "title": plan.title,
         "expectation": plan.expectation,
         "asserted": True,

@@ -30,7 +30,17 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions: dict[str, str | None] = {}
-    for name in ("httpx", "httpcore", "anyio", "h2", "hypercorn", "authlib", "httpx-auth", "matplotlib"):
+    for name in (
+        "httpx",
+        "httpcore",
+        "anyio",
+        "h2",
+        "hypercorn",
+        "redis",
+        "authlib",
+        "httpx-auth",
+        "matplotlib",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -115,8 +125,20 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
         "clock. "
         "Latencies are loopback figures on a shared machine: compare them within a run, not across machines."
     )
+    if any(r["group"] == "fleet" for r in runs):
+        lines.append("")
+        lines.append(
+            f"The fleet runs use {o.get('fleet_workers', o['workers'])} worker processes (`--fleet-workers`) "
+            "and one Zertiban tenant, so that every cell is one emulator client; "
+            + (
+                f"their tasks pause after each call so that the fleet offers about {o['fleet_rate']:g} "
+                "calls/s (`--fleet-rate`)."
+                if o.get("fleet_rate")
+                else "their tasks call as fast as they can (`--fleet-rate 0`)."
+            )
+        )
     lines.append("")
-    tokenpool_runs = [r for r in runs if r["group"] != "peers"]
+    tokenpool_runs = [r for r in runs if r["group"] not in ("peers", "fleet")]
     if tokenpool_runs:
         lines.append("## Scenarios")
         lines.append("")
@@ -156,6 +178,9 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
                 mark = "PASS" if check["passed"] else "FAIL"
                 lines.append(f"- {mark} {check['name']}: {check['detail']}")
             lines.append("")
+    fleet_runs = [r for r in runs if r["group"] == "fleet"]
+    if fleet_runs:
+        lines.extend(_fleet_section(fleet_runs))
     peer_runs = [r for r in runs if r["group"] == "peers"]
     if peer_runs:
         lines.append("## Peers")
@@ -229,6 +254,115 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def _verdict(run: dict[str, Any]) -> str:
+    if not run["asserted"]:
+        failed = [c for c in run["checks"] if not c["passed"]]
+        return "measured" + (" (**check failed**)" if failed else "")
+    return "PASS" if run["passed"] else "**FAIL**"
+
+
+def _hit_ratio(run: dict[str, Any]) -> str:
+    ratio = run["result"]["total"]["hit_ratio"]
+    return "–" if ratio is None else f"{ratio:.4f}"
+
+
+def _store_outcomes(outcomes: dict[str, int] | None) -> str:
+    if not outcomes:
+        return "–"
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items()))
+
+
+def _fleet_section(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The fleet tier side by side: per-process pools vs a shared Redis store, normal and revoke-on-issue."""
+    lines = ["## Fleet tier (Redis)", ""]
+    lines.append(
+        "W worker processes, each with its own `TokenPool` over every provider; in the store runs every "
+        "pool has `store=RedisStore(url)` on one local redis-server (emptied before each run). Token "
+        "requests are counted **at the provider** (the emulator's token endpoint, warm-up and failed "
+        "requests included), per client. The fleet ideal per client is ⌈T / (r·L)⌉ with T from the first "
+        "token any worker used to the end of the load (`ideal_requests` over every worker's cells); "
+        "W × ideal is what W independent pools need. In the revoke-on-issue runs every provider revokes a "
+        "client's earlier live tokens when it issues a new one. 401 final = calls that ended with 401; "
+        "401 retried = calls that met a 401, were replayed once and succeeded; failed = calls that did "
+        "not succeed (401s included). Token wait is the time in `await pool.token(name)` per call: the "
+        "hit path."
+    )
+    lines.append("")
+    lines.append(
+        "| run | verdict | W | store | revoke on issue | calls | calls/s | 401 final | 401 retried | "
+        "failed | token requests (all clients) | fleet ideal | W × ideal | worst client vs ideal | "
+        "token wait p50 / p99 (ms) | store outcomes | Redis commands/s |"
+    )
+    lines.append("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    for run in runs:
+        t = run["result"]["total"]
+        f = run.get("fleet") or {}
+        workers = f.get("workers", run.get("workers") or 0)
+        ideal = int(f.get("ideal", 0))
+        worst = f.get("worst_over_ideal")
+        rate = f.get("redis_commands_per_s")
+        lines.append(
+            f"| {run['scenario']} | {_verdict(run)} | {workers} | {'yes' if run.get('store') else 'no'} | "
+            f"{'yes' if f.get('revoke_on_issue') else 'no'} | {t['calls']:,} | {t['calls_per_s']:,.0f} | "
+            f"{t['unauthorized']:,} | "
+            f"{t['recovered_401']:,} | {run['result']['lost_calls']:,} | {int(f.get('requests', 0)):,} | "
+            f"{ideal:,} | {int(workers) * ideal:,} | {'–' if worst is None else f'{int(worst):+d}'} | "
+            f"{_ms(t['token_wait']['p50_ms'])} / {_ms(t['token_wait']['p99_ms'])} | "
+            f"{_store_outcomes(f.get('store_outcomes')) if run.get('store') else '–'} | "
+            f"{'–' if rate is None else f'{rate:,.0f}'} |"
+        )
+    lines.append("")
+    providers: list[str] = []
+    for run in runs:
+        for name in (run.get("fleet") or {}).get("providers", {}):
+            if name not in providers:
+                providers.append(name)
+    if providers:
+        lines.append(
+            "Token requests at the provider per client, and the fleet ideal of that run "
+            "(`requests / ideal`; W × ideal in brackets):"
+        )
+        lines.append("")
+        lines.append("| client | lifetime (s) | " + " | ".join(r["scenario"] for r in runs) + " |")
+        lines.append("|---|---:|" + "---:|" * len(runs))
+        for name in providers:
+            cells = []
+            lifetime = None
+            for run in runs:
+                p = (run.get("fleet") or {}).get("providers", {}).get(name)
+                if p is None:
+                    cells.append("–")
+                    continue
+                lifetime = p.get("lifetime") or lifetime
+                cells.append(f"{p['requests']:,} / {p['ideal']} ({p['w_times_ideal']:,})")
+            life = "–" if lifetime is None else f"{float(lifetime):g}"
+            lines.append(f"| {name} | {life} | " + " | ".join(cells) + " |")
+        lines.append("")
+    by_scenario = {r["scenario"]: r for r in runs}
+    without, with_store = by_scenario.get("fleet-A-per-process"), by_scenario.get("fleet-B-store")
+    if without is not None and with_store is not None:
+        a, b = without["result"]["total"]["token_wait"], with_store["result"]["total"]["token_wait"]
+        lines.append(
+            f"Hit path with a store: token wait p50 {_ms(a['p50_ms'])} ms without vs {_ms(b['p50_ms'])} ms "
+            f"with ({_ratio(b['p50_ms'], a['p50_ms'])}), p99 {_ms(a['p99_ms'])} vs {_ms(b['p99_ms'])} ms "
+            f"({_ratio(b['p99_ms'], a['p99_ms'])}); two runs on a shared machine, so only a large "
+            "difference means something. Hit ratio "
+            + " vs ".join(_hit_ratio(r) for r in (without, with_store))
+            + "."
+        )
+        lines.append("")
+    lines.append("### Fleet expectations")
+    lines.append("")
+    for run in runs:
+        lines.append(f"**{run['scenario']}** — {run['title']}. Expected: {run['expectation']}.")
+        lines.append("")
+        for check in run["checks"]:
+            mark = "PASS" if check["passed"] else "FAIL"
+            lines.append(f"- {mark} {check['name']}: {check['detail']}")
+        lines.append("")
+    return lines
 
 
 def _slug(text: str) -> str:

@@ -21,10 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpool import RefreshPolicy
-from tokenpool._fleet import ALL_PROVIDERS, Action, FleetController, FleetResult, StrategySpec
+from tokenpool._fleet import (
+    ALL_PROVIDERS,
+    Action,
+    FleetController,
+    FleetResult,
+    StrategySpec,
+    ideal_requests,
+)
 from tokenpool.testing import EmulatorProcess
 
-__all__ = ["SCENARIOS", "Check", "Ctx", "RunPlan", "plans_for"]
+__all__ = ["SCENARIOS", "Check", "Ctx", "RunPlan", "fleet_figures", "fleet_ideal", "plans_for"]
 
 #: The refresh policy of the fault scenarios: tokenpool's defaults with the time constants
 #: compressed like the lifetimes (r, jitter and margin are the defaults).
@@ -68,6 +75,10 @@ class Options:
     duration_factor: float = 1.0
     http2: bool = True
     tls: bool = True
+    #: Worker processes of the fleet scenario's runs (the issue's proof asks for at least 8).
+    fleet_workers: int = 8
+    #: Calls per second the fleet scenario's workers offer together (0: as fast as they can).
+    fleet_rate: float = 200.0
 
     def length(self, default: float) -> float:
         if self.duration is not None:
@@ -85,6 +96,10 @@ class Ctx:
     server: dict[str, Any] = field(default_factory=dict)
     #: Offset of the emulator's event clock from the start of the load.
     emulator_offset: float = 0.0
+    #: Worker processes of this run.
+    workers: int = 0
+    #: Commands the run's Redis processed during the run (store runs only).
+    redis_commands: int | None = None
 
     def events(self, kind: str, provider: str | None = None) -> list[float]:
         """Offsets (from the start of the load) of the emulator's events of *kind*."""
@@ -115,6 +130,16 @@ class RunPlan:
     #: False for peer runs: they are measured, not judged.
     asserted: bool = True
     group: str = ""
+    #: Worker processes (``None``: the harness's ``--workers``).
+    workers: int | None = None
+    #: Every worker's pool shares tokens through the harness's redis-server (``RedisStore``).
+    store: bool = False
+    #: Runs against the emulator after the lifetimes are set (revoke-on-issue…).
+    prepare: Callable[[EmulatorProcess], None] | None = None
+    #: Figures of the run for the report (JSON-ready), beside the checks; ``"line"`` is printed.
+    summary: Callable[[Ctx, FleetResult], dict[str, Any]] | None = None
+    #: Pause after each call, per task (0: as fast as possible).
+    think_time: float = 0.0
 
     @property
     def label(self) -> str:
@@ -806,6 +831,274 @@ def zertiban_shrink(opts: Options) -> list[RunPlan]:
 
 
 # =============================================================================================
+# The fleet tier: one token per client for a whole fleet of workers (Redis)
+# =============================================================================================
+
+#: The runs of the fleet scenario: (scenario, store, revoke-on-issue).
+FLEET_RUNS: tuple[tuple[str, bool, bool], ...] = (
+    ("fleet-A-per-process", False, False),
+    ("fleet-B-store", True, False),
+    ("fleet-C-revoke-per-process", False, True),
+    ("fleet-D-revoke-store", True, True),
+)
+
+
+def fleet_ideal(cells: Sequence[dict[str, Any]]) -> int:
+    """The ideal token requests of one cell *for the whole fleet*: :func:`ideal_requests` over every worker.
+
+    From the first token any worker's cell used (warm-up included) to the
+    last worker's end of load, with the lifetimes of every token the fleet's
+    cells used, at the cells' refresh ratio: ``⌈T / (r·L)⌉`` for a constant
+    lifetime.
+    """
+    if not cells:
+        return 0
+    lifetimes = [(float(at), float(life)) for cell in cells for at, life in cell.get("lifetimes_at", [])]
+    if not lifetimes:
+        lifetimes = [(float(c["span"][0]), float(c["lifetime"])) for c in cells if c.get("lifetime")]
+    start = min(float(c["span"][0]) for c in cells)
+    end = max(float(c["span"][1]) for c in cells)
+    return ideal_requests(lifetimes, start, end, float(cells[0].get("ratio", RefreshPolicy().ratio)))
+
+
+def fleet_figures(ctx: Ctx, result: FleetResult) -> dict[str, Any]:
+    """Per provider (one emulator client each): token requests at the provider vs the fleet's ideal.
+
+    ``requests`` is what the emulator counted at the token endpoint for the
+    provider (warm-up included, failed requests included); ``ideal`` the
+    fleet-wide ideal (:func:`fleet_ideal`, summed over the provider's cells);
+    ``workers_ideal`` the sum of every worker's own ideal (what per-process
+    pools need); ``w_times_ideal`` W × ``ideal``.
+    """
+    providers: dict[str, dict[str, Any]] = {}
+    server = ctx.server.get("providers", {})
+    for group in ctx.plan.providers:
+        rows = result.cells(group)
+        names = sorted({str(c["cell"]) for c in rows})
+        ideal = sum(fleet_ideal([c for c in rows if c["cell"] == name]) for name in names)
+        stats = server.get(group, {})
+        lifetimes = sorted({float(c["lifetime"]) for c in rows if c.get("lifetime")})
+        providers[group] = {
+            "requests": int(stats.get("token_requests", 0)),
+            "issued": int(stats.get("tokens_issued", 0)),
+            "revoked_on_issue": int(stats.get("revoked_on_issue", 0)),
+            "resource_401": sum((stats.get("resource_401") or {}).values()),
+            "ideal": ideal,
+            "workers_ideal": sum(int(c["ideal"]) for c in rows),
+            "w_times_ideal": ctx.workers * ideal,
+            "pool_fetches": sum(int(c["token_requests"]) for c in rows),
+            "cells": len(names),
+            "lifetime": lifetimes[-1] if lifetimes else None,
+            "store": result.store.get(group, {}),
+        }
+    total = result.total
+    worst = max((p["requests"] - p["ideal"] for p in providers.values()), default=0)
+    store_totals: dict[str, int] = {}
+    for figures in providers.values():
+        for outcome, n in figures["store"].items():
+            store_totals[outcome] = store_totals.get(outcome, 0) + int(n)
+    line = "token requests at the provider per client (fleet ideal): " + ", ".join(
+        f"{g} {p['requests']} ({p['ideal']})" for g, p in providers.items()
+    )
+    if ctx.plan.store:
+        line += "; store: " + (", ".join(f"{k} {v}" for k, v in sorted(store_totals.items())) or "no events")
+    return {
+        "workers": ctx.workers,
+        "store": ctx.plan.store,
+        "revoke_on_issue": ctx.plan.prepare is not None,
+        "providers": providers,
+        "requests": sum(p["requests"] for p in providers.values()),
+        "ideal": sum(p["ideal"] for p in providers.values()),
+        "worst_over_ideal": worst,
+        "store_outcomes": store_totals,
+        "redis_commands": ctx.redis_commands,
+        "redis_commands_per_s": None
+        if ctx.redis_commands is None or result.duration <= 0
+        else round(ctx.redis_commands / result.duration, 1),
+        "token_wait": total.token_wait.summary(),
+        "think_time_s": ctx.plan.think_time,
+        "calls_per_s": round(total.calls / result.duration, 1) if result.duration > 0 else 0.0,
+        "line": line,
+    }
+
+
+def _fleet_bound_check(figures: dict[str, Any], *, above: int) -> Check:
+    providers = figures["providers"]
+    over = [
+        f"{g}: {p['requests']} vs ideal {p['ideal']}"
+        for g, p in providers.items()
+        if p["requests"] > p["ideal"] + above * max(1, p["cells"])
+    ]
+    return Check(
+        f"token requests per client for the whole fleet within ideal + {above}",
+        not over and bool(providers) and all(p["requests"] > 0 for p in providers.values()),
+        "; ".join(over)
+        if over
+        else ", ".join(f"{g} {p['requests']}/{p['ideal']}" for g, p in providers.items())
+        + " (at the provider / fleet ideal)",
+    )
+
+
+def _per_process_check(figures: dict[str, Any], *, below: int = 1, above: int = 2) -> Check:
+    """Per-process pools: the fleet's requests are the sum of every worker's own ideal (≈ W × ideal)."""
+    providers = figures["providers"]
+    workers = int(figures["workers"])
+    off = []
+    for g, p in providers.items():
+        cells = workers * max(1, p["cells"])
+        low, high = p["workers_ideal"] - below * cells, p["workers_ideal"] + above * cells
+        if not low <= p["requests"] <= high:
+            off.append(f"{g}: {p['requests']} not in [{low}, {high}]")
+    return Check(
+        f"token requests per client ≈ W × ideal (the sum of the workers' ideals −{below}/+{above} each)",
+        not off and bool(providers),
+        "; ".join(off)
+        if off
+        else ", ".join(
+            f"{g} {p['requests']} (Σ ideal {p['workers_ideal']}, W × ideal {p['w_times_ideal']})"
+            for g, p in providers.items()
+        ),
+    )
+
+
+def _store_used_check(figures: dict[str, Any]) -> Check:
+    unused = [
+        g
+        for g, p in figures["providers"].items()
+        if not (p["store"].get("lease_won", 0) > 0 and p["store"].get("hit", 0) > 0)
+    ]
+    totals = figures["store_outcomes"]
+    return Check(
+        "the store was used (every provider: leases won and shared tokens adopted)",
+        not unused and bool(figures["providers"]),
+        (f"not used for {', '.join(unused)}; " if unused else "")
+        + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no store events")
+        + f"; Redis commands {figures['redis_commands']}",
+    )
+
+
+def _revoke_active_check(figures: dict[str, Any]) -> Check:
+    revoked = {g: p["revoked_on_issue"] for g, p in figures["providers"].items()}
+    return Check(
+        "revoke-on-issue was active (tokens revoked when a newer one was issued)",
+        bool(revoked) and all(n > 0 for n in revoked.values()),
+        ", ".join(f"{g} {n}" for g, n in revoked.items()),
+    )
+
+
+def _measured(name: str, detail: str) -> Check:
+    return Check(f"{name} (informational)", True, detail)
+
+
+def fleet(opts: Options) -> list[RunPlan]:
+    """W worker processes × every provider, without and with a shared Redis store, then the same against
+    providers that revoke a client's previous tokens when they issue a new one."""
+    length = opts.length(30)
+    workers = opts.fleet_workers
+    providers = ALL_PROVIDERS
+    # Paced so that W processes do not saturate the machine (a starved event loop makes every
+    # Redis round trip late, which is the store's fault path, not what this scenario is about).
+    tasks = workers * len(providers) * opts.tasks
+    think = tasks / opts.fleet_rate if opts.fleet_rate > 0 else 0.0
+
+    def revoke_everywhere(emu: EmulatorProcess) -> None:
+        for provider in providers:
+            emu.set_revoke_on_issue(provider)
+
+    def checks_for(store: bool, revoke: bool) -> Callable[[Ctx, FleetResult], list[Check]]:
+        def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+            figures = fleet_figures(ctx, result)
+            total = result.total
+            calls = (
+                f"{total.calls:,} calls, {total.unauthorized} ended with 401, {total.recovered_401} "
+                f"retried after a 401, {total.failed} failed otherwise ({result.lost_calls} lost in all)"
+                + _kinds(result)
+            )
+            out: list[Check] = []
+            if not revoke:
+                out.extend(basic_checks(result))
+                out.append(Check("no 401 even retried", total.recovered_401 == 0, calls))
+                out.append(hit_ratio_at_least(result, 0.99))
+                if store:
+                    out.append(_fleet_bound_check(figures, above=1))
+                    out.append(_store_used_check(figures))
+                else:
+                    out.append(near_ideal(result))
+                    out.append(_per_process_check(figures))
+            elif store:
+                out.extend(basic_checks(result))
+                out.append(_fleet_bound_check(figures, above=1))
+                out.append(_store_used_check(figures))
+                out.append(_revoke_active_check(figures))
+                out.append(_measured("calls", calls))
+            else:
+                # Failures are what this run measures: only that it ran is judged.
+                out.extend(c for c in basic_checks(result, failures_allowed=True) if c.name != "zero 401s")
+                out.append(_revoke_active_check(figures))
+                out.append(_measured("calls", calls))
+                out.append(
+                    _measured(
+                        "token requests at the provider",
+                        ", ".join(
+                            f"{g} {p['requests']} (fleet ideal {p['ideal']}, W × ideal {p['w_times_ideal']})"
+                            for g, p in figures["providers"].items()
+                        ),
+                    )
+                )
+            return out
+
+        return checks
+
+    texts = {
+        (False, False): (
+            f"{workers} workers, per-process pools (today's behaviour)",
+            "0 401s (not even retried ones), 0 lost calls, hit ratio ≥ 0.99; token requests per (worker, "
+            "cell) within ideal −1/+2, so per client for the fleet ≈ W × ideal",
+        ),
+        (True, False): (
+            f"{workers} workers, every pool with store=RedisStore(one redis-server)",
+            "0 401s (not even retried ones), 0 lost calls, hit ratio ≥ 0.99; token requests per client for "
+            "the whole fleet (counted at the provider) within ideal + 1, ideal = ⌈T / (r·L)⌉ over the "
+            "fleet's span; the store used for every provider",
+        ),
+        (False, True): (
+            f"{workers} workers, per-process pools, providers revoke a client's previous tokens on issue",
+            "measured: every worker's refresh revokes the other workers' tokens (401s, failed calls and "
+            "token requests reported, not judged); revoke-on-issue active",
+        ),
+        (True, True): (
+            f"{workers} workers with the store, providers revoke a client's previous tokens on issue",
+            "0 failed calls (no 401 reaches a caller; retried 401s reported), token requests per client for "
+            "the whole fleet within ideal + 1; the store used; revoke-on-issue active",
+        ),
+    }
+    plans = []
+    for scenario, store, revoke in FLEET_RUNS:
+        title, expectation = texts[(store, revoke)]
+        plans.append(
+            RunPlan(
+                scenario=scenario,
+                title=title,
+                expectation=expectation,
+                providers=providers,
+                # One cell per emulator client, so "per client" is per cell; and Zertiban tenants
+                # share one client, so with revoke-on-issue they would revoke each other's tokens.
+                tenants=1,
+                duration=length,
+                checks=checks_for(store, revoke),
+                asserted=store or not revoke,
+                group="fleet",
+                workers=workers,
+                store=store,
+                prepare=revoke_everywhere if revoke else None,
+                summary=fleet_figures,
+                think_time=think,
+            )
+        )
+    return plans
+
+
+# =============================================================================================
 # Peers
 # =============================================================================================
 
@@ -894,6 +1187,7 @@ SCENARIOS: dict[str, Callable[[Options], list[RunPlan]]] = {
     "mass-revocation": mass_revocation,
     "navro-secret-reset": navro_secret_reset,
     "zertiban-shrink": zertiban_shrink,
+    "fleet": fleet,
     "peers": peers,
 }
 
@@ -903,7 +1197,7 @@ def plans_for(names: Sequence[str], opts: Options) -> list[RunPlan]:
     for name in names:
         plans.extend(SCENARIOS[name](opts))
     for plan in plans:
-        if plan.group != "peers":
+        if plan.group not in ("peers", "fleet"):
             plan.tenants = opts.tenants
     return plans
 

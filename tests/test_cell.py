@@ -577,3 +577,23 @@ async def test_many_idle_cells_share_one_scheduler_task(anyio_backend: str) -> N
             return len(asyncio.all_tasks())
 
     assert await tasks_with(1_000) == await tasks_with(1)
+
+
+async def test_a_401_during_a_renewal_in_flight_is_answered_by_that_renewal(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    """The renewal that was already out replaces the rejected token: no second request."""
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool):
+        first = await get(pool)
+        endpoint.gate = anyio.Event()
+        await advance_to(clock, first.refresh_at)  # the scheduled renewal goes out, held at the gate
+        assert len(endpoint.calls) == 2
+        assert await pool.invalidate("acme", first)  # a 401 for the token being renewed
+        endpoint.gate.set()
+        await anyio.wait_all_tasks_blocked()
+        renewed = await get(pool)
+        assert renewed is not first
+        await anyio.wait_all_tasks_blocked()
+        assert len(endpoint.calls) == 2
+        assert endpoint.rejected == [False, False]

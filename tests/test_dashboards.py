@@ -87,7 +87,7 @@ def substitute(expr: str, rate_interval: str = "1m") -> str:
 def test_alert_rules_are_valid() -> None:
     result = run_promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout
 
 
 def test_alert_rule_unit_tests_pass() -> None:
@@ -105,6 +105,7 @@ def test_every_alert_is_tested_and_described() -> None:
         "TokenpoolRefreshFailing",
         "TokenpoolCredentialsRejected",
         "TokenpoolDownstream401",
+        "TokenpoolFleetStoreFallback",
     ]
     for name in names:
         # Each alert is expected both to fire (a non-empty exp_alerts) and to stay quiet.

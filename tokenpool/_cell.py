@@ -389,8 +389,14 @@ class Cell:
         self, flight: _Flight, provider: Provider, token: Token, reissue: bool, sent_at: float
     ) -> None:
         self._set_token(token)
+        # A 401 that arrived while this request was out (a scheduled renewal,
+        # say) is answered by it too: the new token replaces the rejected one.
+        # Asking again would fetch a second token and, with a fleet store,
+        # fence off the one just fetched.
+        answered_401 = reissue or self._reissue
+        self._demand = self._reissue = False
         self._rejected = None
-        self._reissued = token if reissue else None
+        self._reissued = token if answered_401 else None
         self._successes += 1
         self._token_provider = provider
         self._failures = 0

@@ -159,7 +159,26 @@ async def _check(path: str, timeout: float, out: TextIO) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4],
             file=out,
         )
-    return 0 if all(row[0] == "ok" for row in rows.values()) else 1
+    healthy = all(row[0] == "ok" for row in rows.values())
+    store = options.get("store")
+    if store is not None:
+        health = await store.health()
+        if health["ok"]:
+            skew = health["clock_skew_seconds"] * 1000
+            print(
+                f"store: {health['url']} ok, ping {health['ping_seconds'] * 1000:.1f} ms, "
+                f"server clock {skew:+.0f} ms from this host's, "
+                f"{'tokens encrypted' if health['encrypted'] else 'tokens NOT encrypted'}",
+                file=out,
+            )
+        else:
+            print(
+                f"store: {health['url']} FAIL ({health['error']}); the pools would fall back to "
+                "per-process token requests",
+                file=out,
+            )
+            healthy = False
+    return 0 if healthy else 1
 
 
 def _ms(started: float) -> str:

@@ -51,6 +51,22 @@ POOL_KEYS = frozenset(
         "max_requests_per_host",
         "metrics_interval",
         "metrics_label",
+        "store",
+    }
+)
+#: Keys of ``[pool.store]`` (``tokenpool.fleet.RedisStore``).
+STORE_KEYS = frozenset(
+    {
+        "url",
+        "username",
+        "password",
+        "ssl_ca_certs",
+        "operation_timeout",
+        "lease_ttl",
+        "poll_interval",
+        "key_prefix",
+        "retry_after_failure",
+        "encryption_keys_env",
     }
 )
 
@@ -153,10 +169,49 @@ def _pool_options(table: Any, env: Mapping[str, str], source: str, base_dir: Pat
         raise ConfigurationError(
             f"{source}: [pool] has unknown keys {sorted(unknown)}; allowed: {sorted(POOL_KEYS)}"
         )
-    options = {key: _expand(value, env, f"{source}: [pool]", key) for key, value in table.items()}
+    store = table.get("store")
+    options = {
+        key: _expand(value, env, f"{source}: [pool]", key) for key, value in table.items() if key != "store"
+    }
     if "ca_file" in options:
         options["ca_file"] = _path(options["ca_file"], base_dir)
+    if store is not None:
+        options["store"] = _store(store, env, source, base_dir)
     return options
+
+
+def _store(table: Any, env: Mapping[str, str], source: str, base_dir: Path | None) -> Any:
+    """A ``tokenpool.fleet.RedisStore`` from ``[pool.store]`` (redis-py is imported only then)."""
+    where = f"{source}: [pool.store]"
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where} must be a table")
+    unknown = set(table) - STORE_KEYS
+    if unknown:
+        raise ConfigurationError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(STORE_KEYS)}")
+    if "url" not in table:
+        raise ConfigurationError(f"{where}: key 'url' is required (redis://host:port/db)")
+    password = table.get("password")
+    if password is not None and not (isinstance(password, str) and _REFERENCE.fullmatch(password)):
+        # Like client secrets: a password never sits in a file that gets committed.
+        raise ConfigurationError(
+            f"{where}: key 'password' must be a ${{VARIABLE}} reference to the environment"
+        )
+    options = {key: _expand(value, env, where, key) for key, value in table.items()}
+    if "ssl_ca_certs" in options:
+        options["ssl_ca_certs"] = _path(options["ssl_ca_certs"], base_dir)
+    keys_env = options.pop("encryption_keys_env", None)
+    from .fleet import RedisStore
+
+    if keys_env is not None:
+        if not isinstance(keys_env, str) or not keys_env:
+            raise ConfigurationError(f"{where}: key 'encryption_keys_env' must name an environment variable")
+        options["encryption_keys"] = RedisStore.keys_from_env(keys_env, env)
+    try:
+        return RedisStore(**options)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigurationError(f"{where}: {type(exc).__name__} in a value (check the types)") from None
 
 
 def _provider(

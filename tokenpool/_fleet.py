@@ -31,8 +31,17 @@ pickled settings sent over each worker's pipe (``tokenpool.Secret`` refuses
 pickling on purpose) and are wrapped in ``Secret`` again on arrival.  They are
 never written to a file, a log line or a result.
 
+Fleet store.  With ``FleetSettings.store_url`` set, every worker's pool gets
+``store=tokenpool.fleet.RedisStore(store_url, **store_options)``: the workers
+share one token per client through that Redis.  The pool then counts a token
+adopted from the store as one of the cell's token requests (it is one fetch
+from its token source), so per-(worker, cell) ``token_requests`` are source
+fetches, not requests at the provider: count those at the emulator.  Each
+worker reports its ``tokenpool_store_operations_total`` counters
+(``WorkerResult.store``).
+
 Everything binds to or targets 127.0.0.1 only: :func:`emulator_specs` refuses
-any other host.
+any other host, and so does ``FleetSettings`` for the store.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +77,8 @@ from ._urls import is_loopback_host
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+    from prometheus_client import CollectorRegistry
 
     from ._pool import TokenPool
     from ._token import Token
@@ -241,6 +253,11 @@ class FleetSettings:
         progress_interval: Seconds between progress snapshots from each worker.
         warm_up_timeout: Longest wait for a worker to be ready.
         think_time: Pause after each call, per task (0: as fast as possible).
+        store_url: ``redis://127.0.0.1:PORT``: every worker's pool shares tokens
+            through this Redis (``TokenPool(store=RedisStore(store_url))``);
+            ``None``: per-process pools.  Loopback only.
+        store_options: Keyword arguments of ``RedisStore`` besides the URL
+            (``operation_timeout``…), as plain values.
     """
 
     specs: tuple[ProviderSpec, ...]
@@ -256,6 +273,8 @@ class FleetSettings:
     progress_interval: float = 0.5
     warm_up_timeout: float = 60.0
     think_time: float = 0.0
+    store_url: str | None = None
+    store_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.tasks < 1:
@@ -274,6 +293,10 @@ class FleetSettings:
                 host = httpx.URL(url).host
                 if not is_loopback_host(host):
                     raise ConfigurationError(f"{spec.name}: the fleet only talks to loopback, not {host!r}")
+        if self.store_url is not None:
+            _check_store_url(self.store_url)
+        elif self.store_options:
+            raise ConfigurationError("store_options need a store_url")
 
     @property
     def groups(self) -> dict[str, list[ProviderSpec]]:
@@ -281,6 +304,21 @@ class FleetSettings:
         for spec in self.specs:
             groups.setdefault(spec.group, []).append(spec)
         return groups
+
+
+def _check_store_url(url: str) -> None:
+    """A ``redis://`` or ``rediss://`` URL to a loopback host, without credentials (they would be pickled)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigurationError("store_url is not a valid url") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigurationError("store_url must be a redis:// or rediss:// url")
+    if parts.username or parts.password:
+        raise ConfigurationError("store_url must not carry credentials")
+    if not host or not is_loopback_host(host):
+        raise ConfigurationError(f"the fleet's store must be on loopback, not {host!r}")
 
 
 # =============================================================================================
@@ -630,6 +668,10 @@ class AuthStrategy(abc.ABC):
     def log_events(self) -> dict[str, int]:
         return {}
 
+    def store_events(self) -> dict[str, dict[str, int]]:
+        """Fleet-store outcomes as ``{provider: {outcome: count}}``, if the strategy has a store."""
+        return {}
+
 
 class _CountingLogger:
     """A structlog-shaped logger that counts events and keeps refresh latencies instead of printing.
@@ -646,6 +688,9 @@ class _CountingLogger:
     def _log(self, event: str, **fields: Any) -> None:
         self.events[event] += 1
         provider = fields.get("provider")
+        if event.startswith("fleet.store.") and isinstance(fields.get("error"), str):
+            # Which store faults: the exception type (never a message or a value).
+            self.events[f"{event}[{fields['error']}]"] += 1
         if event == "token.refresh.start" and isinstance(provider, str):
             self._strategy.count_token_request(provider)
         elif event in ("token.refresh.success", "token.refresh.retry", "token.refresh.failed"):
@@ -693,6 +738,7 @@ class TokenPoolStrategy(AuthStrategy):
         self._last: dict[str, Token] = {}
         self._lifetimes: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.logger = _CountingLogger(self)
+        self.registry: CollectorRegistry | None = None
 
     async def open(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -701,9 +747,13 @@ class TokenPoolStrategy(AuthStrategy):
 
         settings = self.settings
         self.providers = {s.name: build_provider(s, settings.policy) for s in settings.specs}
-        metrics: bool | CollectorRegistry = (
-            CollectorRegistry() if self.spec.option("metrics", True) else False
-        )
+        self.registry = CollectorRegistry() if self.spec.option("metrics", True) else None
+        metrics: bool | CollectorRegistry = False if self.registry is None else self.registry
+        extra: dict[str, Any] = {}
+        if settings.store_url is not None:
+            from .fleet import RedisStore
+
+            extra["store"] = RedisStore(settings.store_url, **dict(settings.store_options))
         pool = TokenPool(
             self.providers,
             warm_up=self.spec.option("warm_up", "wait"),
@@ -711,6 +761,7 @@ class TokenPoolStrategy(AuthStrategy):
             ca_file=settings.ca_file,
             metrics=metrics,
             logger=self.logger,
+            **extra,
         )
         self._exit = contextlib.AsyncExitStack()
         self.pool = await self._exit.enter_async_context(pool)
@@ -793,6 +844,36 @@ class TokenPoolStrategy(AuthStrategy):
 
     def log_events(self) -> dict[str, int]:
         return dict(self.logger.events)
+
+    def store_events(self) -> dict[str, dict[str, int]]:
+        if self.registry is None:
+            return {}
+        # The series are labelled with the provider's kind (the pool's default label);
+        # the report speaks of emulator groups.
+        groups = {provider.kind: self.group_of[name] for name, provider in self.providers.items()}
+        return store_counts(self.registry, groups)
+
+
+def store_counts(
+    registry: CollectorRegistry, groups: Mapping[str, str] | None = None
+) -> dict[str, dict[str, int]]:
+    """``tokenpool_store_operations_total`` of *registry*: ``{provider: {outcome: count}}``, non-zero only.
+
+    *groups* renames the ``provider`` label's values (counts of the same new name add up).
+    """
+    out: dict[str, dict[str, int]] = {}
+    for family in registry.collect():
+        if family.name != "tokenpool_store_operations":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total") or sample.value <= 0:
+                continue
+            label = sample.labels.get("provider", "")
+            provider = (groups or {}).get(label, label)
+            outcome = sample.labels.get("outcome", "")
+            counts = out.setdefault(provider, {})
+            counts[outcome] = counts.get(outcome, 0) + int(sample.value)
+    return out
 
 
 def load_strategy(spec: StrategySpec) -> type[AuthStrategy]:
@@ -886,6 +967,8 @@ class WorkerResult:
     groups: dict[str, GroupResult] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     control: list[str] = field(default_factory=list)
+    #: Fleet-store outcomes per provider (``{provider: {outcome: count}}``), from the pool's metrics.
+    store: dict[str, dict[str, int]] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -955,8 +1038,18 @@ class FleetResult:
             "events": _sum_counters(w.events for w in self.workers),
             "control": [c for w in self.workers for c in w.control],
             "notes": self.notes,
+            "store": self.store,
         }
         return out
+
+    @property
+    def store(self) -> dict[str, dict[str, int]]:
+        """Fleet-store outcomes summed over the workers: ``{provider: {outcome: count}}``."""
+        merged: dict[str, Counter[str]] = {}
+        for worker in self.workers:
+            for provider, counts in worker.store.items():
+                merged.setdefault(provider, Counter()).update(counts)
+        return {provider: dict(sorted(counts.items())) for provider, counts in sorted(merged.items())}
 
     def cells(self, group: str | None = None) -> list[dict[str, Any]]:
         """Every (worker, cell) row, optionally of one group."""
@@ -1241,6 +1334,11 @@ class _Worker:
                         "cell": spec.name,
                         "token_requests": int(requests.get(spec.name, 0)),
                         "ideal": ideal_requests(lifetimes, min(first, opened), ended, ratio),
+                        # What the ideal was computed from, as offsets from the start of the
+                        # load, so that a fleet-wide ideal can be computed over every worker.
+                        "span": [round(min(first, opened) - self.start, 4), round(ended - self.start, 4)],
+                        "lifetimes_at": [[round(sent - self.start, 4), life] for sent, life in lifetimes],
+                        "ratio": ratio,
                         "lifetime": lifetimes[-1][1] if lifetimes else None,
                         "lifetimes_seen": sorted({round(life, 3) for _, life in lifetimes}),
                         "hits": _delta(cell, self.baseline.get(spec.name, {}), "hits"),
@@ -1258,6 +1356,7 @@ class _Worker:
                 )
         self.result.groups = self.groups
         self.result.events = strategy.log_events()
+        self.result.store = strategy.store_events()
 
 
 def _delta(now: Mapping[str, Any], before: Mapping[str, Any], key: str) -> int | None:
@@ -1552,4 +1651,10 @@ def _settings_json(settings: FleetSettings) -> dict[str, Any]:
             group: {"cells": len(specs), "lifetime_s": specs[0].lifetime} for group, specs in groups.items()
         },
         "refresh_ratio": (settings.policy or RefreshPolicy()).ratio,
+        "store": None
+        if settings.store_url is None
+        else {
+            "url": settings.store_url,
+            "options": {k: v for k, v in settings.store_options if isinstance(v, str | int | float | bool)},
+        },
     }

@@ -38,7 +38,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 if TYPE_CHECKING:
     from ._cell import Cell
 
-__all__ = ["FAILURE_REASONS", "OUTCOMES", "REFRESH_BUCKETS", "PoolMetrics"]
+__all__ = ["FAILURE_REASONS", "LABEL_MODES", "OUTCOMES", "REFRESH_BUCKETS", "STORE_OUTCOMES", "PoolMetrics"]
 
 #: 5 ms (a loopback token endpoint) to 30 s (a struggling one, two request timeouts).
 REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
@@ -57,6 +57,18 @@ FAILURE_REASONS = (
 )
 #: Every ``outcome`` label value of ``tokenpool_refresh_duration_seconds`` (see ``_observe.outcome_of``).
 OUTCOMES = ("success", "retryable_failure", "credentials_rejected", "invalid_response")
+#: Every ``outcome`` label value of ``tokenpool_store_operations_total`` (the fleet store).
+STORE_OUTCOMES = (
+    "read",
+    "hit",
+    "lease_won",
+    "lease_wait",
+    "published",
+    "fenced",
+    "fallback",
+    "error",
+    "recovered",
+)
 #: Every value of ``TokenPool(metrics_label=...)`` besides a callable.
 LABEL_MODES = ("kind", "name")
 
@@ -136,6 +148,12 @@ class _Series:
             ["provider"],
             registry=registry,
         )
+        self.store = Counter(
+            "tokenpool_store_operations",
+            "Fleet store events by outcome (reads, shared-token hits, leases, fallbacks, errors).",
+            ["provider", "outcome"],
+            registry=registry,
+        )
 
 
 _series_lock = threading.Lock()
@@ -169,6 +187,8 @@ class PoolMetrics:
         self._failing: dict[str, dict[str, int]] = {}
         #: Per group, the gauges' values set since the last fold (failures, backoff).
         self._peaks: dict[str, tuple[int, float]] = {}
+        #: The pool has a fleet store: its series are created (as 0) too.
+        self.with_store = False
 
     def fold(self, cells: Iterable[Cell], now: float = math.nan) -> None:
         """Add hits and misses counted since the last fold; recompute the gauges of changed groups.
@@ -247,6 +267,9 @@ class PoolMetrics:
         s.consecutive_failures.labels(group).set(peak[0])
         s.backoff.labels(group).set(peak[1])
 
+    def store_event(self, group: str, outcome: str) -> None:
+        self.series.store.labels(group, outcome).inc()
+
     def waiting(self, group: str, delta: int) -> None:
         self.series.waiting.labels(group).inc(delta)
 
@@ -280,3 +303,6 @@ class PoolMetrics:
             s.failures.labels(group, reason)
         for outcome in OUTCOMES:
             s.refresh_duration.labels(group, outcome)
+        if self.with_store:
+            for outcome in STORE_OUTCOMES:
+                s.store.labels(group, outcome)

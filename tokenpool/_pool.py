@@ -46,7 +46,7 @@ from ._http import HttpTokenSource
 from ._metrics import LABEL_MODES, PoolMetrics
 from ._observe import Observer
 from ._scheduler import Scheduler
-from ._source import TokenSource
+from ._source import TokenSource, TokenStore
 from ._token import Token
 from .providers import Provider
 
@@ -147,6 +147,9 @@ class TokenPool:
             by default HTTP to each provider's token endpoint, configured by
             *client*, *ca_file* and the two limits above.  Tests pass a
             scripted one.
+        store: A fleet store (``tokenpool.fleet.RedisStore``): the whole
+            fleet of processes shares one token per client; any store fault
+            falls back to this process's own requests.
         metrics: ``True`` (default) registers Prometheus series in the global
             registry; a ``CollectorRegistry`` registers them there; ``False``
             records nothing.
@@ -173,6 +176,7 @@ class TokenPool:
         max_concurrent_requests: int = 20,
         max_requests_per_host: int = 4,
         source: TokenSource | None = None,
+        store: TokenStore | None = None,
         metrics: bool | CollectorRegistry = True,
         metrics_label: MetricsLabel = "kind",
         metrics_interval: float = 1.0,
@@ -224,6 +228,14 @@ class TokenPool:
         self._metrics_label = metrics_label
         self._metrics_interval = metrics_interval
         self._observer = Observer(logger, self._metrics)
+        if store is not None:
+            if not isinstance(store, TokenStore):
+                raise ConfigurationError(f"store must be a TokenStore, got {type(store).__name__}")
+            source = store.source(
+                source, clock=self._clock, log=self._observer.log, on_event=self._store_event
+            )
+            if self._metrics is not None:
+                self._metrics.with_store = True
         self._source: TokenSource = source
         self._warm_up: WarmUp = warm_up
         self._warm_up_timeout = warm_up_timeout
@@ -364,6 +376,12 @@ class TokenPool:
                 await self._source.aclose()
             if self._metrics is not None:
                 self._metrics.fold(self._all_cells.values(), self._now())
+
+    def _store_event(self, outcome: str, name: str) -> None:
+        """Count a fleet-store event (the store calls this; names it does not know are ignored)."""
+        cell = self._all_cells.get(name)
+        if cell is not None and self._metrics is not None:
+            self._metrics.store_event(cell.group, outcome)
 
     def _forked_child(self) -> None:
         self._state = "forked"

@@ -16,13 +16,15 @@ Implementations:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from ._clock import Clock
     from ._token import Token, TokenResponse
     from .providers import Provider
 
-__all__ = ["TokenSource"]
+__all__ = ["TokenSource", "TokenStore"]
 
 
 @runtime_checkable
@@ -67,3 +69,24 @@ class TokenSource(Protocol):
 
     async def aclose(self) -> None:
         """Release everything ``open`` and ``prepare`` acquired."""
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """A shared store of tokens for a fleet of processes (``tokenpool.fleet.RedisStore``).
+
+    The pool hands it its own source (HTTP) and gets back the source its cells
+    use: one that reads the fleet's shared token first and falls back to
+    *fallback* on any store fault.
+    """
+
+    def source(
+        self,
+        fallback: TokenSource,
+        *,
+        clock: Clock,
+        log: Any,
+        on_event: Callable[[str, str], None],
+    ) -> TokenSource:
+        """The source to use, wrapping *fallback*; *on_event(outcome, name)* feeds the metrics."""
+        ...
