@@ -52,6 +52,14 @@ from tokenpool.testing import EmulatorProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
+# On trio, a token request cancelled while its body is being sent leaves httpx's
+# ByteStream async generator unexhausted, and trio warns when it is collected:
+# httpx issue #3686 (see tests/test_no_leaks.py).  Nothing of ours; applied only
+# to the tests that cancel a request in flight, and nothing else is ignored.
+cancels_a_request_in_flight = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in.*ByteStream\.__aiter__:pytest.PytestUnraisableExceptionWarning"
+)
+
 T = TypeVar("T")
 
 #: Bound on every wait.  Only there so that a regression fails instead of hanging CI.
@@ -323,6 +331,7 @@ async def test_a_pool_entered_inside_a_scope_outlives_it_and_closes_inside_fail_
 
 
 @ALL_LOOPS
+@cancels_a_request_in_flight
 async def test_aclose_inside_an_already_cancelled_scope_still_closes(
     emulator: EmulatorProcess, hanging: HangingServer
 ) -> None:
@@ -482,6 +491,7 @@ async def test_warm_up_wait_logs_a_provider_that_is_down_and_still_enters(
 
 
 @ALL_LOOPS
+@cancels_a_request_in_flight
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 async def test_cancellation_during_warm_up_closes_the_pool_and_leaves_the_loop_healthy(
     emulator: EmulatorProcess, hanging: HangingServer, how: Literal["deadline", "cancel"]
@@ -527,6 +537,7 @@ async def test_cancellation_during_warm_up_closes_the_pool_and_leaves_the_loop_h
 
 
 @ALL_LOOPS
+@cancels_a_request_in_flight
 async def test_cancellation_during_warm_up_of_several_providers(
     emulator: EmulatorProcess, hanging: HangingServer
 ) -> None:
