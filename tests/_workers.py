@@ -36,6 +36,18 @@ LIFETIME = 3
 REFRESH_RATIO = 0.8
 
 
+def run_check(path: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``tokenpool check PATH`` in a child process with *env*; its output captured, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokenpool", "check", str(path), "--timeout", "20"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 

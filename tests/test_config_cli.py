@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _workers import run_check
 
 from tokenpool import ConfigurationError, RefreshPolicy
 from tokenpool._config import load_config, parse_config
@@ -156,17 +157,6 @@ def emulator_config(emulator: EmulatorProcess, tmp_path: Path) -> tuple[Path, di
     path = tmp_path / "emulator.toml"
     path.write_text("\n".join(lines))
     return path, env
-
-
-def run_check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tokenpool", "check", str(path), "--timeout", "20"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.integration

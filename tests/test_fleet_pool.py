@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 from _redis import RedisServer, redis_server
+from _workers import run_check
 from prometheus_client import CollectorRegistry
 
 from tokenpool import ConfigurationError, TokenPool
@@ -222,17 +220,6 @@ def test_pool_store_mistakes_name_the_key(tmp_path: Path, table: str, message: s
     assert "literal-password" not in str(info.value)
 
 
-def _check(path: Path, env: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tokenpool", "check", str(path), "--timeout", "20"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_check_reports_the_store(emulator: EmulatorProcess, server: RedisServer, tmp_path: Path) -> None:
     client_id, secret = emulator.credentials("generic")
     path = tmp_path / "tokenpool.toml"
@@ -253,12 +240,12 @@ def test_check_reports_the_store(emulator: EmulatorProcess, server: RedisServer,
         """
     )
     env = {**os.environ, "ACME_SECRET": secret}
-    healthy = _check(path, env)
+    healthy = run_check(path, env)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert f"store: {server.url} ok" in healthy.stdout
     assert "tokens NOT encrypted" in healthy.stdout
     server.kill()
-    down = _check(path, env)
+    down = run_check(path, env)
     assert down.returncode == 1, down.stdout + down.stderr
     assert "store: " in down.stdout
     assert "FAIL" in down.stdout

@@ -65,13 +65,6 @@ class TaskHost:
         self._error: BaseException | None = None
         self._started = False
 
-    @property
-    def group(self) -> TaskGroup:
-        """The hosted task group (``start_soon`` works from any task of the loop)."""
-        if self._group is None:
-            raise RuntimeError("the task host is not running")
-        return self._group
-
     async def start(self) -> TaskGroup:
         """Start the host task and return its task group once it is entered."""
         if self._started:

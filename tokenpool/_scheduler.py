@@ -37,9 +37,6 @@ class Scheduler:
         self._next = math.inf
         self._wake: anyio.Event | None = None
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def push(self, cell: Cell) -> None:
         """Note that *cell* is due at ``cell.due``; wake the loop if that is earlier than its timer."""
         heapq.heappush(self._heap, (cell.due, next(self._order), cell))
