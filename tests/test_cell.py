@@ -23,6 +23,7 @@ from tokenpool import (
     ManualClock,
     PoolStateError,
     RefreshPolicy,
+    RenewalDeferred,
     Token,
     TokenEndpointError,
     TokenPool,
@@ -55,6 +56,8 @@ class ScriptedEndpoint:
         self.clock = clock
         self.calls: list[float] = []
         self.rejected: list[bool] = []
+        self.may_defer: list[bool] = []
+        self.previous: list[Token | None] = []
         self.outcomes: list[TokenResponse | Exception] = []
         self.fail_until = -math.inf
         self.failure: Exception = TokenEndpointError("503", status_code=503)
@@ -72,10 +75,18 @@ class ScriptedEndpoint:
         pass
 
     async def fetch(
-        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        previous: Token | None,
+        rejected: bool,
+        may_defer: bool = False,
     ) -> TokenResponse:
         self.calls.append(self.clock.now())
         self.rejected.append(rejected)
+        self.may_defer.append(may_defer)
+        self.previous.append(previous)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -579,21 +590,112 @@ async def test_many_idle_cells_share_one_scheduler_task(anyio_backend: str) -> N
     assert await tasks_with(1_000) == await tasks_with(1)
 
 
-async def test_a_401_during_a_renewal_in_flight_is_answered_by_that_renewal(
+async def test_a_401_during_a_renewal_in_flight_is_answered_by_a_request_sent_after_it(
     clock: ManualClock, endpoint: ScriptedEndpoint
 ) -> None:
-    """The renewal that was already out replaces the rejected token: no second request."""
+    """The renewal already out may bring a token issued before the revocation: one more request follows.
+
+    Its token is served meanwhile; whoever waits after the 401 gets the next
+    one, fetched with the refused token as ``previous`` (so that a fleet store
+    fences that one, and adopts the renewal's instead of fetching).
+    """
     pool = make_pool(clock, endpoint, u=0.0)
-    async with running(pool):
+    async with running(pool), anyio.create_task_group() as tg:
         first = await get(pool)
         endpoint.gate = anyio.Event()
         await advance_to(clock, first.refresh_at)  # the scheduled renewal goes out, held at the gate
         assert len(endpoint.calls) == 2
         assert await pool.invalidate("acme", first)  # a 401 for the token being renewed
+        waited: list[Token] = []
+        tg.start_soon(lambda: _append(waited, pool.token("acme")))
+        await anyio.wait_all_tasks_blocked()
+        assert waited == []
         endpoint.gate.set()
         await anyio.wait_all_tasks_blocked()
+    assert len(endpoint.calls) == 3
+    assert endpoint.rejected == [False, False, True]
+    assert endpoint.previous[2] is first
+    assert [t.access_token for t in waited] == ["tok-3"]
+
+
+# -- deferred renewals (a source such as the fleet store may say "not now") ---------------------
+
+
+async def test_a_deferred_renewal_keeps_serving_and_asks_again_later(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool):
+        first = await get(pool)
+        endpoint.outcomes = [
+            RenewalDeferred(5.0, "store_unavailable"),
+            RenewalDeferred(5.0, "store_unavailable"),
+        ]
+        await advance_to(clock, first.refresh_at)
+        assert endpoint.may_defer == [False, True]  # the cold start could not wait; the renewal could
+        assert (await get(pool)) is first  # served on, no error for anyone
+        await advance_to(clock, first.refresh_at + 4.999)
+        assert len(endpoint.calls) == 2
+        await advance_to(clock, first.refresh_at + 5.0)
+        assert endpoint.calls[2] == first.refresh_at + 5.0
+        await advance_to(clock, first.refresh_at + 10.0)
         renewed = await get(pool)
         assert renewed is not first
-        await anyio.wait_all_tasks_blocked()
+        assert renewed.sent_at == first.refresh_at + 10.0
+        # Deferrals are not token requests.
+        assert stats(pool).token_requests == 2
+        assert stats(pool).consecutive_failures == 0
+
+
+async def test_a_deferral_never_waits_past_the_last_chance(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool):
+        first = await get(pool)
+        endpoint.outcomes = [RenewalDeferred(3600.0, "store_unavailable")]
+        await advance_to(clock, first.refresh_at)
+        last = first.usable_until - min(2.0, 0.01 * LIFETIME)
+        await advance_to(clock, last - 0.001)
         assert len(endpoint.calls) == 2
-        assert endpoint.rejected == [False, False]
+        await advance_to(clock, last)
+        # At the last chance the cell no longer lets the source defer: it must answer.
+        assert endpoint.calls[2] == last
+        assert endpoint.may_defer[2] is False
+        assert (await get(pool)) is not first
+
+
+@pytest.mark.parametrize("interrupt", ["401", "refresh"])
+async def test_a_deferred_renewal_cannot_wait_once_someone_needs_a_token(
+    clock: ManualClock, endpoint: ScriptedEndpoint, interrupt: str
+) -> None:
+    pool = make_pool(clock, endpoint, u=0.0)
+    async with running(pool), anyio.create_task_group() as tg:
+        first = await get(pool)
+        endpoint.outcomes = [RenewalDeferred(60.0, "store_unavailable")]
+        await advance_to(clock, first.refresh_at)
+        assert len(endpoint.calls) == 2
+        got: list[Token] = []
+        if interrupt == "401":
+            assert await pool.invalidate("acme", first)
+        else:
+            tg.start_soon(lambda: _append(got, pool.refresh("acme")))
+        await anyio.wait_all_tasks_blocked()
+        # At once, not 60 s later, and told to answer now.
+        assert len(endpoint.calls) == 3
+        assert endpoint.may_defer[2] is False
+        assert endpoint.rejected[2] is (interrupt == "401")
+        token = await get(pool)
+        assert token is not first
+        assert got in ([], [token])
+
+
+async def test_a_source_that_defers_when_told_not_to_is_a_failure(
+    clock: ManualClock, endpoint: ScriptedEndpoint
+) -> None:
+    pool = make_pool(clock, endpoint, u=0.0)
+    endpoint.outcomes = [RenewalDeferred(5.0, "store_unavailable")]
+    async with running(pool):
+        with pytest.raises(TokenRequestError, match="deferred a token request it was told cannot wait"):
+            await get(pool)
+        assert stats(pool).consecutive_failures == 1

@@ -36,7 +36,13 @@ class StaticSource:
         pass
 
     async def fetch(
-        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        previous: Token | None,
+        rejected: bool,
+        may_defer: bool = False,
     ) -> TokenResponse:
         self.fetches.append((name, rejected))
         return TokenResponse(access_token=ACCESS_TOKEN, expires_in=3600)

@@ -33,6 +33,7 @@ from tokenpool import (
     CredentialsRejected,
     MonotonicClock,
     RefreshPolicy,
+    RenewalDeferred,
     Secret,
     Token,
     TokenResponse,
@@ -104,12 +105,13 @@ def token_requests(emulator: EmulatorProcess) -> int:
     return int(emulator.stats(events=False)["providers"]["generic"]["token_requests"])
 
 
-def stamped(response: TokenResponse) -> Token:
+def stamped(response: TokenResponse, *, age: float = 0.0) -> Token:
     """The token a cell would hold for *response* (what it passes back as ``previous``).
 
     A per-process fetch (fallback) leaves ``sent_at`` to the cell: "now" here.
+    *age* makes it that many seconds older.
     """
-    sent_at = response.sent_at if response.sent_at is not None else time.monotonic()
+    sent_at = (response.sent_at if response.sent_at is not None else time.monotonic()) - age
     return RefreshPolicy().stamp(response, sent_at=sent_at, u=0.0)
 
 
@@ -140,10 +142,11 @@ async def fetch(
     *,
     previous: Token | None = None,
     rejected: bool = False,
+    may_defer: bool = False,
 ) -> TokenResponse:
     await source.prepare(provider)
     with anyio.fail_after(GUARD):
-        return await source.fetch(NAME, provider, previous=previous, rejected=rejected)
+        return await source.fetch(NAME, provider, previous=previous, rejected=rejected, may_defer=may_defer)
 
 
 def keys_of(provider: ClientCredentials, prefix: str = "tokenpool") -> Keys:
@@ -164,7 +167,7 @@ def in_fallback(source: FleetTokenSource) -> bool:
 
 
 def fallback_logs(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == "fleet.store.fallback"]
+    return [entry for entry in logs if entry["event"] == "fleet.store.unavailable"]
 
 
 # -- sharing ------------------------------------------------------------------------------------
@@ -353,6 +356,69 @@ async def test_a_provider_error_reaches_the_caller_unchanged_and_frees_the_lease
 
 
 @pytest.mark.anyio
+async def test_a_waiter_wakes_on_the_publication_not_on_its_poll(
+    emulator: EmulatorProcess, server: RedisServer
+) -> None:
+    # A poll interval past the guard: only the publication can end the wait in time.
+    store = store_at(server.url, poll_interval=GUARD * 2, lease_ttl=GUARD * 4)
+    provider = generic(emulator)
+    keys = keys_of(provider)
+    holder_events, waiter_events = Events(), Events()
+    results: dict[str, TokenResponse] = {}
+    async with (
+        opened(store, emulator, holder_events) as holder,
+        opened(store, emulator, waiter_events) as waiter,
+    ):
+        await holder.prepare(provider)
+        await waiter.prepare(provider)
+        emulator.fault("generic", latency=1.0, count=1)
+
+        async def hold() -> None:
+            results["holder"] = await holder.fetch(NAME, provider, previous=None, rejected=False)
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(hold)
+                with server.client() as admin:
+                    while not admin.exists(keys.lease):  # noqa: ASYNC110 - state in another process
+                        await anyio.sleep(0.01)
+                results["waiter"] = await waiter.fetch(NAME, provider, previous=None, rejected=False)
+    assert results["waiter"].access_token == results["holder"].access_token
+    assert token_requests(emulator) == 1
+    assert holder_events.count("lease_won") == 1
+    assert waiter_events.count("lease_wait") == 1
+    # Read, subscribe and read again (nothing published in between is missed), then the
+    # publication wakes it for the read that adopts.
+    assert waiter_events.count("read") == 3
+    assert waiter_events.count("hit") == 1
+    with server.client() as admin:
+        assert admin.pubsub_numsub(keys.channel) == [(keys.channel.encode(), 0)]  # unsubscribed
+
+
+@pytest.mark.anyio
+async def test_a_renewal_waits_for_a_stuck_lease_only_until_its_last_chance(
+    emulator: EmulatorProcess, server: RedisServer
+) -> None:
+    """A holder that could neither publish nor release leaves its lease to expire: a renewal does not wait."""
+    store = store_at(server.url, lease_ttl=60.0)
+    provider = generic(emulator)
+    events = Events()
+    async with opened(store, emulator, events) as source:
+        first = await fetch(source, provider)
+        with server.client() as admin:
+            admin.delete(keys_of(provider).token)
+            admin.set(keys_of(provider).lease, "4242-0123456789abcdef", px=60_000)
+        # 600 s token: its last chance (2 s before usable_until, 590 s) is 1 s away.
+        with structlog.testing.capture_logs() as logs:
+            renewed = await fetch(source, provider, previous=stamped(first, age=587.0))
+    assert renewed.access_token != first.access_token
+    assert token_requests(emulator) == 2
+    assert events.count("lease_wait") == 1
+    assert events.count("fallback") == 1
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["fleet.store.wait_timeout"]
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_fetch_releases_its_lease(emulator: EmulatorProcess, server: RedisServer) -> None:
     store = store_at(server.url)
     provider = generic(emulator)
@@ -382,38 +448,51 @@ async def test_a_cancelled_fetch_releases_its_lease(emulator: EmulatorProcess, s
 async def test_redis_killed_means_per_process_tokens_then_the_store_again(
     emulator: EmulatorProcess, server: RedisServer
 ) -> None:
-    store = store_at(server.url, retry_after_failure=2.0)
+    store = store_at(server.url)
     events = Events()
     async with opened(store, emulator, events) as source:
         first = await fetch(source, generic(emulator))
         server.kill()
         with structlog.testing.capture_logs() as logs:
-            second = await fetch(source, generic(emulator), previous=stamped(first))
-            # Within retry_after_failure: straight to the HTTP source, no Redis call.
-            third = await fetch(source, generic(emulator), previous=stamped(second))
+            # A renewal whose token is served for a while yet waits for the store:
+            # no token request (a per-process token could revoke the fleet's).
+            with pytest.raises(RenewalDeferred) as deferred:
+                await fetch(source, generic(emulator), previous=stamped(first), may_defer=True)
+            assert 0 < deferred.value.retry_in <= store.retry_after_failure
+            assert token_requests(emulator) == 1
+            # What a caller waits for goes to the provider at once: a cold start, a
+            # refused token; and so does a renewal past half of its window (600 s
+            # token: refresh_at 480 s, usable until 590 s).
+            second = await fetch(source, generic(emulator))
+            third = await fetch(source, generic(emulator), previous=stamped(second), rejected=True)
+            fourth = await fetch(
+                source, generic(emulator), previous=stamped(third, age=540.0), may_defer=True
+            )
             assert in_fallback(source)
-        assert len({first.access_token, second.access_token, third.access_token}) == 3
-        assert token_requests(emulator) == 3
-        assert events.count("error") == 1
-        assert events.count("fallback") == 2
-        (logged,) = fallback_logs(logs)
+        tokens = {r.access_token for r in (first, second, third, fourth)}
+        assert len(tokens) == 4
+        assert token_requests(emulator) == 4
+        assert events.count("error") == 4
+        assert events.count("deferred") == 1
+        assert events.count("fallback") == 3
+        (logged,) = fallback_logs(logs)  # once per run of faults
         assert logged["provider"] == NAME
         assert logged["error"].endswith("Error")  # the exception's type, never its text
         text = repr(logs)
-        for response in (first, second, third):
-            assert response.access_token not in text
+        for token in tokens:
+            assert token not in text
 
         server.restart()
-        await anyio.sleep(store.retry_after_failure * 1.5)
-        fourth = await fetch(source, generic(emulator), previous=stamped(third))
+        # No window to sit out: the first fetch after the restart uses the store.
+        fifth = await fetch(source, generic(emulator), previous=stamped(fourth))
         assert events.count("recovered") == 1
         assert events.count("published") == 2
         assert not in_fallback(source)
     # Back on the store: another process adopts what the recovered one published.
     async with opened(store, emulator) as other:
         adopted = await fetch(other, generic(emulator))
-    assert adopted.access_token == fourth.access_token
-    assert token_requests(emulator) == 4
+    assert adopted.access_token == fifth.access_token
+    assert token_requests(emulator) == 5
 
 
 class Proxy:
@@ -461,7 +540,7 @@ async def test_a_slow_redis_means_fallback_within_the_deadline(
 ) -> None:
     events = Events()
     async with Proxy(server.port).running() as proxy:
-        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", operation_timeout=0.5, retry_after_failure=60)
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", operation_timeout=0.5)
         async with opened(store, emulator, events) as source:
             # Through the proxy, with a small delay well within the deadline: the store works.
             proxy.delay = 0.005
@@ -470,11 +549,16 @@ async def test_a_slow_redis_means_fallback_within_the_deadline(
             # Now Redis "answers" only after twice the deadline.
             proxy.delay = store.operation_timeout * 2
             with structlog.testing.capture_logs() as logs:
-                second = await fetch(source, generic(emulator), previous=stamped(first))
+                # A caller waits for this one (the token was refused): the provider, one deadline late.
+                second = await fetch(source, generic(emulator), previous=stamped(first), rejected=True)
+                # A renewal that can wait is deferred after one deadline instead.
+                with pytest.raises(RenewalDeferred):
+                    await fetch(source, generic(emulator), previous=stamped(second), may_defer=True)
     assert second.access_token != first.access_token
     assert token_requests(emulator) == 2
-    assert events.count("error") == 1
+    assert events.count("error") == 2
     assert events.count("fallback") == 1
+    assert events.count("deferred") == 1
     assert len(fallback_logs(logs)) == 1
 
 
@@ -714,7 +798,7 @@ async def test_acl_user_over_plain_tcp(emulator: EmulatorProcess, tmp_path: Path
 
 @pytest.mark.anyio
 async def test_health_reports_ping_skew_and_fallback(emulator: EmulatorProcess, server: RedisServer) -> None:
-    store = store_at(server.url, retry_after_failure=60)
+    store = store_at(server.url)
     report = await store.health()
     assert report["ok"] is True
     assert report["error"] is None
@@ -831,6 +915,7 @@ def test_store_outcomes_are_the_fixed_vocabulary() -> None:
         "published",
         "fenced",
         "fallback",
+        "deferred",
         "error",
         "recovered",
     )
@@ -844,3 +929,30 @@ def test_import_tokenpool_loads_neither_the_fleet_nor_redis() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.anyio
+async def test_a_reply_that_arrived_while_the_loop_ran_late_is_not_a_timeout() -> None:
+    """A busy worker's loop wakes past the deadline with the reply already there: taken, not a timeout.
+
+    The store bounds every round trip with ``anyio.fail_after``; this pins the
+    property it relies on.  The loop is blocked (``time.sleep``) across both
+    the reply's arrival and the deadline, so both are due in the same
+    iteration: anyio does not cancel a task whose awaited future is already
+    done, and the reply wins.  A reply that really is late still times out.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    async def reply() -> str:
+        arrived: asyncio.Future[str] = loop.create_future()
+        loop.call_later(0.01, arrived.set_result, "answer")
+        return await arrived
+
+    loop.call_later(0.005, time.sleep, 0.2)  # the loop runs late past the 50 ms deadline
+    with anyio.fail_after(0.05):
+        assert await reply() == "answer"
+
+    with pytest.raises(TimeoutError), anyio.fail_after(0.05):
+        await anyio.sleep(1.0)

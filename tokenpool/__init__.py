@@ -26,7 +26,7 @@ from ._exceptions import (
 )
 from ._pool import CellStatistics, PoolStatistics, TokenPool
 from ._secret import Secret
-from ._source import TokenSource
+from ._source import RenewalDeferred, TokenSource
 from ._timing import RefreshPolicy
 from ._token import Token, TokenResponse
 
@@ -47,6 +47,7 @@ __all__ = [
     "PoolStateError",
     "PoolStatistics",
     "RefreshPolicy",
+    "RenewalDeferred",
     "Secret",
     "SyncTokenAuth",
     "Token",

@@ -32,7 +32,15 @@ from ._exceptions import (
     TokenWaitTimeout,
     clone_for_raise,
 )
-from ._schedule import accept, is_young_replacement, may_refresh_on_401, next_request_at, retry_delay
+from ._schedule import (
+    accept,
+    is_young_replacement,
+    last_chance,
+    may_refresh_on_401,
+    next_request_at,
+    retry_delay,
+)
+from ._source import RenewalDeferred
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -78,9 +86,11 @@ class Cell:
 
     __slots__ = (
         "_clock",
+        "_deferred_until",
         "_demand",
         "_failures",
         "_flight",
+        "_forced",
         "_last_error",
         "_not_before",
         "_observer",
@@ -154,9 +164,14 @@ class Cell:
         # Drawn once per cell: where inside the jitter band this cell renews.
         self._u = rng.random()
         self._flight: _Flight | None = None
+        # refresh() callers waiting: like waiters, they cannot wait for a deferred renewal.
+        self._forced = 0
         self._demand = False
         self._failures = 0
         self._not_before = -math.inf
+        # The source deferred a renewal that can wait (RenewalDeferred): ask again then,
+        # unless a caller or a 401 needs a token sooner.
+        self._deferred_until = -math.inf
         self._last_error: TokenRequestError | None = None
         self._successes = 0
         self._token_provider: Provider | None = None
@@ -210,6 +225,8 @@ class Cell:
         self.misses += 1
         self.waiting += 1
         self._observer.waiting(self, +1)
+        if self._deferred_until > -math.inf:
+            self._reschedule()  # a deferred renewal cannot wait any more
         try:
             with anyio.move_on_after(math.inf if timeout is None else timeout):
                 while True:
@@ -271,6 +288,7 @@ class Cell:
         self.provider = provider
         self.api_headers = dict(provider.api_headers()) or _NO_HEADERS
         self._not_before = -math.inf
+        self._deferred_until = -math.inf
         if self._last_error is not None or self.token is None:
             self._demand = True
         self._reschedule()
@@ -279,6 +297,15 @@ class Cell:
         """A token fetched with the current settings, requested now (respecting backoff)."""
         wanted = self.provider
         successes = self._successes
+        self._forced += 1
+        if self._deferred_until > -math.inf:
+            self._reschedule()
+        try:
+            return await self._refresh(wanted, successes, timeout)
+        finally:
+            self._forced -= 1
+
+    async def _refresh(self, wanted: Provider, successes: int, timeout: float | None) -> Token:
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 flight = self._flight
@@ -336,10 +363,16 @@ class Cell:
         due = next_request_at(
             self.token, demand=self._demand or self._flight is not None, not_before=self._not_before
         )
+        if self._deferred_until > due and not self._needed_now():
+            due = self._deferred_until
         if due != self.due:
             self.due = due
             if due < math.inf:
                 self._wake(self)
+
+    def _needed_now(self) -> bool:
+        """Whether a caller waits or a 401 dropped the token: a deferred renewal cannot wait."""
+        return self._reissue or self.waiting > 0 or self._forced > 0 or self.usable(self._clock.now()) is None
 
     def launch(self, group: TaskGroup) -> None:
         """Start one attempt in *group* (the scheduler calls this when the cell is due)."""
@@ -354,18 +387,36 @@ class Cell:
             flight = self._flight = _Flight()
         self._demand = False
         reissue, self._reissue = self._reissue, False
-        previous = self.token or self._rejected
+        # After a 401, the refused token (a fleet store fences that one, not a
+        # renewal that landed meanwhile).
+        previous = self._rejected if reissue and self._rejected is not None else self.token or self._rejected
         provider = flight.provider = self.provider
         self.requests += 1
         self._observer.refresh_started(self, self._failures + 1)
         settled = False
         sent_at = self._clock.now()
+        # Deferrable: a renewal nobody waits for, with time to spare before its last chance.
+        may_defer = (
+            not reissue
+            and not self._needed_now()
+            and self.token is not None
+            and sent_at < last_chance(self.token)
+        )
+        error: TokenRequestError
         try:
             try:
-                response = await self._source.fetch(self.name, provider, previous=previous, rejected=reissue)
+                response = await self._source.fetch(
+                    self.name, provider, previous=previous, rejected=reissue, may_defer=may_defer
+                )
                 token = accept(provider.refresh, response, sent_at=sent_at, now=self._clock.now(), u=self._u)
+            except RenewalDeferred as deferral:
+                if may_defer:
+                    self._deferred(deferral)
+                    settled = True
+                    return
+                error = AdapterError("the token source deferred a token request it was told cannot wait")
             except TokenRequestError as exc:
-                error: TokenRequestError = exc
+                error = exc
             except Exception as exc:
                 # A bug in a token source must not end the pool; reported by type
                 # only (its text may quote the request).
@@ -385,32 +436,50 @@ class Cell:
             else:
                 self._reschedule()
 
+    def _deferred(self, deferral: RenewalDeferred) -> None:
+        """Keep the flight open and ask again after ``deferral.retry_in`` (see :meth:`_reschedule`)."""
+        self.requests -= 1  # nothing was requested from the provider
+        token = self.token
+        assert token is not None
+        now = self._clock.now()
+        retry_in = deferral.retry_in if math.isfinite(deferral.retry_in) and deferral.retry_in > 0 else 0.0
+        # As with a backoff step: never past the moment the current token stops being served.
+        self._deferred_until = max(now, min(now + retry_in, last_chance(token)))
+        self._observer.refresh_deferred(self, self._deferred_until - now, deferral.reason)
+
     def _succeeded(
         self, flight: _Flight, provider: Provider, token: Token, reissue: bool, sent_at: float
     ) -> None:
         self._set_token(token)
-        # A 401 that arrived while this request was out (a scheduled renewal,
-        # say) is answered by it too: the new token replaces the rejected one.
-        # Asking again would fetch a second token and, with a fleet store,
-        # fence off the one just fetched.
-        answered_401 = reissue or self._reissue
-        self._demand = self._reissue = False
-        self._rejected = None
-        self._reissued = token if answered_401 else None
+        self._deferred_until = -math.inf
+        # A 401 that arrived while this request was out (a scheduled renewal, say):
+        # this answer may predate the revocation behind it.  The token is served
+        # meanwhile, but the flight stays open for a request sent after the 401:
+        # over HTTP a new token; through a fleet store a fence of the refused token
+        # and, usually, the adoption of this very one (no token request).
+        follow_up = self._reissue
+        if not follow_up:
+            self._demand = False
+            self._rejected = None
+        self._reissued = token if reissue else None
         self._successes += 1
         self._token_provider = provider
         self._failures = 0
         self._not_before = -math.inf
         self._last_error = None
-        flight.token = token
-        self._flight = None
-        flight.done.set()
+        if not follow_up:
+            flight.token = token
+            if self._flight is flight:
+                self._flight = None
+            flight.done.set()
         self._observer.refresh_succeeded(self, token, self._clock.now() - sent_at)
 
     def _failed(self, flight: _Flight, provider: Provider, error: TokenRequestError, sent_at: float) -> None:
         now = self._clock.now()
         flight.error = error
-        self._flight = None
+        if self._flight is flight:
+            self._flight = None
+        self._deferred_until = -math.inf
         if provider is not self.provider:
             # The settings were replaced (rotated credentials, say) while this
             # request was out: its failure says nothing about the new ones.

@@ -114,7 +114,13 @@ class HttpTokenSource:
         self._clients[cert] = client
 
     async def fetch(
-        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        previous: Token | None,
+        rejected: bool,
+        may_defer: bool = False,  # an HTTP request is never deferred
     ) -> TokenResponse:
         try:
             return await self._fetch(provider)

@@ -66,6 +66,7 @@ STORE_OUTCOMES = (
     "published",
     "fenced",
     "fallback",
+    "deferred",
     "error",
     "recovered",
 )

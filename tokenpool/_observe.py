@@ -85,6 +85,12 @@ class Observer:
                 cell.group, cell.name, duration, error.reason, outcome_of(error), cell.failures, delay
             )
 
+    def refresh_deferred(self, cell: Cell, retry_in: float, reason: str) -> None:
+        # Routine while a fleet store is briefly unavailable; the store logs the fault itself.
+        self.log.debug(
+            "token.refresh.deferred", provider=cell.name, reason=reason, retry_in=round(retry_in, 3)
+        )
+
     def invalidated(self, cell: Cell, token: Token) -> None:
         self.log.info(
             "token.invalidated",

@@ -19,6 +19,7 @@ __all__ = [
     "YOUNG_401_ALLOWANCE",
     "accept",
     "is_young_replacement",
+    "last_chance",
     "may_refresh_on_401",
     "next_request_at",
     "retry_delay",
@@ -92,10 +93,19 @@ def retry_delay(
     rejected = isinstance(error, CredentialsRejected)
     delay = policy.backoff(failures, v, retry_after=retry_after, credentials_rejected=rejected)
     if token is not None and retry_after is None and not rejected:
-        last_chance = token.usable_until - min(2.0, 0.01 * token.expires_in)
-        if now < last_chance < now + delay:
-            delay = last_chance - now
+        last = last_chance(token)
+        if now < last < now + delay:
+            delay = last - now
     return delay
+
+
+def last_chance(token: Token) -> float:
+    """The last moment to ask for a replacement of *token* while it is still served.
+
+    ``min(2 s, 1 % of L)`` before ``usable_until``: a backoff step or a
+    deferred renewal never waits past it.
+    """
+    return token.usable_until - min(2.0, 0.01 * token.expires_in)
 
 
 #: Young replacements refused by the API that still get a refresh before the cooldown holds.

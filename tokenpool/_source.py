@@ -8,10 +8,11 @@ Implementations:
 
 - ``tokenpool._http.HttpTokenSource``: the provider's token endpoint over HTTP
   (clients, request slots, deadline, body cap, error mapping);
-- the fleet store (Redis) will be a second one: read the token another process
-  published, or take the lease and ask the HTTP source.  Such a source sets
-  :attr:`~tokenpool.TokenResponse.sent_at` on what it returns, so the cell
-  schedules an adopted token from *its* times.
+- ``tokenpool.fleet.FleetTokenSource``: the fleet store (Redis): read the
+  token another process published, or take the lease and ask the HTTP source.
+  It sets :attr:`~tokenpool.TokenResponse.sent_at` on what it returns, so the
+  cell schedules an adopted token from *its* times, and it may answer a
+  renewal that can wait with :class:`RenewalDeferred`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,30 @@ if TYPE_CHECKING:
     from ._token import Token, TokenResponse
     from .providers import Provider
 
-__all__ = ["TokenSource", "TokenStore"]
+__all__ = ["RenewalDeferred", "TokenSource", "TokenStore"]
+
+
+class RenewalDeferred(Exception):
+    """Raised by :meth:`TokenSource.fetch`: "not now; keep serving the current token, ask again later".
+
+    A source may defer only a fetch the cell allows to wait (``may_defer``:
+    a scheduled renewal, its token still served, nobody waiting).  The fleet store
+    defers when Redis is briefly unavailable, rather than fetching a
+    per-process token that a provider which revokes earlier tokens on issue
+    would answer by revoking the whole fleet's.  The cell asks again after
+    *retry_in* seconds (never past the moment its token stops being served),
+    or at once if a caller starts waiting or the API refuses the token
+    meanwhile; callers never see this exception.
+
+    Args:
+        retry_in: Seconds until the cell should ask again (> 0).
+        reason: A short fixed word for the debug log (``"store_unavailable"``).
+    """
+
+    def __init__(self, retry_in: float, reason: str) -> None:
+        super().__init__(reason)
+        self.retry_in = retry_in
+        self.reason = reason
 
 
 @runtime_checkable
@@ -35,7 +59,8 @@ class TokenSource(Protocol):
     at a time per cell (the cell's single flight), and it may be cancelled
     when the pool closes.  It raises only
     :class:`~tokenpool.TokenRequestError` subclasses for failures of the
-    provider or the network; ``ConfigurationError`` only from ``prepare``.
+    provider or the network, :class:`RenewalDeferred` to postpone a renewal
+    that can wait, and ``ConfigurationError`` only from ``prepare``.
     """
 
     async def open(self) -> None:
@@ -53,7 +78,7 @@ class TokenSource(Protocol):
         """
 
     async def fetch(
-        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool, may_defer: bool
     ) -> TokenResponse:
         """One token response for *provider* (the pool calls it *name*).
 
@@ -64,6 +89,10 @@ class TokenSource(Protocol):
                 Its access token must never appear in an error message.
             rejected: *previous* was refused by the API (a 401): a shared
                 store must not hand the same token back.
+            may_defer: Nobody waits for this fetch and *previous* is still
+                served: the source may raise :class:`RenewalDeferred`
+                instead of fetching now.  ``False``: a caller (or
+                ``TokenPool.refresh``) is waiting, answer now.
         """
         ...
 

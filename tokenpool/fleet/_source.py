@@ -15,31 +15,47 @@ A cell that needs a token calls :meth:`FleetTokenSource.fetch`.  In order:
    one just read), fetch through the HTTP source, and *publish* (write with
    ``issued_at`` on the server's clock, bump the generation, ``PUBLISH``, and
    release the lease by compare-and-delete) in one script.
-4. If another process holds the lease, *wait*: read again every
-   ``poll_interval`` until its token appears, or its lease expires (it died
-   mid-refresh: take the lease over), or the wait exceeds the provider's
-   ``request_timeout`` + ``lease_ttl`` (fetch per process).  This first
-   version polls; the channel it publishes on is there for a subscriber that
-   wakes waiters sooner.
+4. If another process holds the lease, *wait*: subscribe to the client's
+   channel, read again, then read whenever a publication arrives (or every
+   ``poll_interval`` at the latest) until its token appears, or its lease
+   expires (it died mid-refresh: take the lease over), or the wait exceeds
+   the provider's ``request_timeout`` + ``lease_ttl`` (fetch per process).
+   The lease's value names its holder: ``<pid>-<random>``.
 
 **Redis is never a new way to fail.**  Every Redis round trip is bounded by
-``operation_timeout``; any Redis error, timeout or undecodable value sends the
-fetch straight to the HTTP source and keeps the source there (no Redis calls)
-for ``retry_after_failure`` seconds.  A store fault never reaches the caller;
-a provider's error (from the HTTP source) does, unchanged.
+``operation_timeout``; any Redis error, timeout or undecodable value is a
+*store fault*, and what follows depends on whether the renewal can wait:
 
-Times: token times are on the pool's clock; the lease, the poll and the
-fallback window are real time, like Redis's own expiries.
+- A caller is waiting, or the token was refused (a cold start, a 401,
+  ``TokenPool.refresh``): the fetch goes to the HTTP source at once, one
+  operation deadline late at most (a ``fallback``).
+- A scheduled renewal nobody waits for (the cell says ``may_defer``): the
+  source raises :class:`~tokenpool.RenewalDeferred` and the cell keeps
+  serving that token and asks again after at most ``retry_after_failure``
+  seconds; once half of the renewal window (``refresh_at`` to
+  ``usable_until``) is gone it fetches per process.  A brief Redis fault
+  therefore costs no token request, and against a provider that revokes a
+  client's earlier tokens when it issues one, a per-process token does not
+  revoke the fleet's.
+
+Every fetch tries Redis again (there is no window during which it is skipped:
+a refused connection fails at once, a stalled one costs one deadline), so the
+fleet returns to the shared token with the first fetch after Redis is back.
+A store fault never reaches the caller; a provider's error (from the HTTP
+source) does, unchanged.
+
+Times: token times are on the pool's clock; the lease and the poll are real
+time, like Redis's own expiries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
-import math
+import os
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +64,8 @@ import anyio
 import structlog
 
 from .._metrics import STORE_OUTCOMES
+from .._schedule import last_chance
+from .._source import RenewalDeferred
 from .._token import TokenResponse
 from . import _scripts
 from ._codec import Garbage, Keys, SharedToken, decode_value, encode_value_prefix, keys_for, token_digest
@@ -118,9 +136,7 @@ class FleetTokenSource:
         self._cipher = store.cipher()
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
-        # Real time (time.monotonic), like Redis's own expiries: a test clock must not
-        # keep the source in fallback forever.
-        self._down_until = -math.inf
+        # Set by a store fault, cleared by the next Redis round trip that succeeds.
         self._faulted = False
 
     def __repr__(self) -> str:
@@ -133,8 +149,8 @@ class FleetTokenSource:
 
     @property
     def in_fallback(self) -> bool:
-        """Whether fetches currently go straight to the HTTP source after a store fault."""
-        return self._faulted and time.monotonic() < self._down_until
+        """Whether the last Redis round trip failed (fetches fall back or defer until one succeeds)."""
+        return self._faulted
 
     # -- TokenSource ----------------------------------------------------------------------------
 
@@ -159,22 +175,61 @@ class FleetTokenSource:
             "fence": client.register_script(_scripts.FENCE),
         }
         self._client = client
+        await self._warm(client)
+
+    async def _warm(self, client: Any) -> None:
+        """Connect and load the scripts now, in one round trip, so that the first fetches
+        (the pool's warm-up, every cell at once) do not spend their operation deadline
+        on a TCP connection, AUTH and a NOSCRIPT retry.  Best effort and bounded: a
+        Redis that is down here is the first fetch's fault to count."""
+        with anyio.move_on_after(max(0.5, 4 * self._store.operation_timeout)):
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.ping()
+                    for script in self._scripts.values():
+                        pipe.script_load(script.script)
+                    await pipe.execute()
+            except Exception as exc:
+                self._log.debug("fleet.store.warm_failed", error=type(exc).__name__)
 
     async def prepare(self, provider: Provider) -> None:
         await self._fallback.prepare(provider)
 
     async def fetch(
-        self, name: str, provider: Provider, *, previous: Token | None, rejected: bool
+        self,
+        name: str,
+        provider: Provider,
+        *,
+        previous: Token | None,
+        rejected: bool,
+        may_defer: bool = False,
     ) -> TokenResponse:
         if self._client is not None:
-            if time.monotonic() < self._down_until:
+            try:
+                return await self._shared_fetch(name, provider, previous, rejected)
+            except _StoreFault as fault:
+                self._fault(name, fault.error)
+                retry_in = self._deferral(previous) if may_defer and previous is not None else None
+                if retry_in is not None:
+                    self._emit("deferred", name)
+                    raise RenewalDeferred(retry_in, "store_unavailable") from None
                 self._emit("fallback", name)
-            else:
-                try:
-                    return await self._shared_fetch(name, provider, previous, rejected)
-                except _StoreFault as fault:
-                    self._fault(name, fault.error)
-        return await self._fallback.fetch(name, provider, previous=previous, rejected=rejected)
+        return await self._fallback.fetch(
+            name, provider, previous=previous, rejected=rejected, may_defer=False
+        )
+
+    def _deferral(self, previous: Token) -> float | None:
+        """Seconds a renewal of *previous* may wait for the store, or ``None``: fetch per process now.
+
+        The first half of the renewal window (``refresh_at`` to ``usable_until``)
+        may be spent waiting for Redis; the second half is left to a per-process
+        fetch, with the usual backoff behind it.
+        """
+        window = previous.usable_until - previous.refresh_at
+        spare = previous.usable_until - self._clock.now() - window / 2
+        if window <= 0 or spare <= 0:
+            return None
+        return min(self._store.retry_after_failure, max(self._store.poll_interval, spare / 2))
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -222,31 +277,38 @@ class FleetTokenSource:
         started = anyio.current_time()
         # The holder's request may take request_timeout; a dead holder's lease lasts lease_ttl.
         deadline = started + provider.refresh.request_timeout + self._store.lease_ttl
+        if previous is not None and not rejected:
+            # A renewal never waits for another process past its own token's last chance
+            # (a holder that could neither publish nor release leaves its lease to expire).
+            deadline = min(deadline, started + max(0.0, last_chance(previous) - self._clock.now()))
         waiting = False
-        while True:
-            snapshot = await self._read(name, keys)
-            if snapshot.raw is not None:
-                shared = self._decode(snapshot.raw, keys)
-                response = self._adoptable(shared, snapshot, provider, previous, previous_digest)
-                if response is not None:
-                    self._emit("hit", name)
-                    return response
-            changed = False
-            if not snapshot.leased:
-                owner = secrets.token_hex(16)
-                status = await self._acquire(name, keys, owner, snapshot.raw)
-                if status == 1:
-                    self._emit("lease_won", name)
-                    return await self._fetch_and_publish(name, provider, previous, rejected, keys, owner)
-                # -1: a token was published since the read; 0: another process just took the lease.
-                changed = status == -1
-            if not changed and not waiting:
-                waiting = True
-                self._emit("lease_wait", name)
-            if anyio.current_time() >= deadline:
-                break
-            if not changed:
-                await anyio.sleep(self._store.poll_interval)
+        async with _Listener(self, keys.channel) as listener:
+            while True:
+                snapshot = await self._read(name, keys)
+                if snapshot.raw is not None:
+                    shared = self._decode(snapshot.raw, keys)
+                    response = self._adoptable(shared, snapshot, provider, previous, previous_digest)
+                    if response is not None:
+                        self._emit("hit", name)
+                        return response
+                changed = False
+                if not snapshot.leased:
+                    owner = f"{os.getpid()}-{secrets.token_hex(12)}"
+                    status = await self._acquire(name, keys, owner, snapshot.raw)
+                    if status == 1:
+                        self._emit("lease_won", name)
+                        return await self._fetch_and_publish(name, provider, previous, rejected, keys, owner)
+                    # -1: a token was published since the read; 0: another process just took the lease.
+                    changed = status == -1
+                if not changed and not waiting:
+                    waiting = True
+                    self._emit("lease_wait", name)
+                if anyio.current_time() >= deadline:
+                    break
+                if not changed and not await listener.subscribe():
+                    # Listening from now on, so read again at once: a publication that
+                    # landed between the read above and the subscription is not missed.
+                    await listener.wait(self._store.poll_interval)
         self._log.warning(
             "fleet.store.wait_timeout",
             provider=name,
@@ -271,7 +333,9 @@ class FleetTokenSource:
         """
         try:
             sent_at = self._clock.now()
-            response = await self._fallback.fetch(name, provider, previous=previous, rejected=rejected)
+            response = await self._fallback.fetch(
+                name, provider, previous=previous, rejected=rejected, may_defer=False
+            )
             if response.sent_at is not None:
                 sent_at = response.sent_at
             else:
@@ -279,8 +343,11 @@ class FleetTokenSource:
             try:
                 written = await self._publish(name, keys, response, sent_at, owner)
             except _StoreFault as fault:
-                # The token is good; only sharing it failed.  The lease expires on its own.
+                # The token is good; only sharing it failed.  Release the lease (if Redis
+                # answers) so that the fleet's waiters need not sit out its TTL.
                 self._fault(name, fault.error)
+                if owner:
+                    await self._release(keys, owner)
             else:
                 if written:
                     self._emit("published", name)
@@ -295,6 +362,9 @@ class FleetTokenSource:
     async def _call(self, name: str, script: str, keys: list[str], args: list[str]) -> Any:
         """One script round trip within the operation deadline; any failure is a :class:`_StoreFault`."""
         try:
+            # A busy worker's loop may wake up past the deadline with the reply already
+            # received: anyio then lets the reply through rather than cancelling (see
+            # test_a_reply_that_arrived_while_the_loop_ran_late_is_not_a_timeout).
             with anyio.fail_after(self._store.operation_timeout):
                 result = await self._scripts[script](keys=keys, args=args)
         except Exception as exc:
@@ -399,23 +469,28 @@ class FleetTokenSource:
     # -- faults -----------------------------------------------------------------------------------
 
     def _fault(self, name: str, error: BaseException) -> None:
-        """Count a store fault and keep fetches off Redis for ``retry_after_failure`` seconds."""
+        """Count a store fault; log it once per run of faults (the next success logs the recovery)."""
         self._emit("error", name)
-        self._emit("fallback", name)
-        retry_in = self._store.retry_after_failure
-        self._down_until = time.monotonic() + retry_in
-        fields: dict[str, Any] = {"provider": name, "error": type(error).__name__, "retry_in": retry_in}
+        fields: dict[str, Any] = {"provider": name, "error": type(error).__name__}
         if isinstance(error, Garbage):
             fields["detail"] = str(error)  # fixed wording that never quotes the value
         if self._faulted:
-            # Still failing after the retry window: counted, not logged again at warning level.
+            # Still failing: counted, not logged again at warning level.
             self._log.debug("fleet.store.still_failing", **fields)
         else:
             self._faulted = True
-            self._log.warning("fleet.store.fallback", **fields)
+            self._log.warning("fleet.store.unavailable", **fields)
 
     def _emit(self, outcome: str, name: str) -> None:
         self._on_event(outcome, name)
+
+    def pubsub(self) -> Any:
+        """A new pub/sub object on the client (``None`` once closed); for :class:`_Listener`."""
+        client = self._client
+        return None if client is None else client.pubsub()
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log.debug(event, **fields)
 
     async def _close_client(self, client: Any) -> None:
         with anyio.move_on_after(max(1.0, 4 * self._store.operation_timeout), shield=True):
@@ -423,6 +498,78 @@ class FleetTokenSource:
                 await client.aclose()
             except Exception as exc:
                 self._log.debug("fleet.store.close_failed", error=type(exc).__name__)
+
+
+class _Listener:
+    """The client's publication channel while a fetch waits for another process's lease.
+
+    Subscribed lazily (most fetches never wait), on its own connection, and
+    only as a way to wake sooner: any failure to subscribe or listen is
+    logged at debug level and the wait goes on polling every
+    ``poll_interval``.  The subscription ends with the fetch, bounded and
+    shielded.
+    """
+
+    __slots__ = ("_channel", "_pubsub", "_source", "_tried")
+
+    def __init__(self, source: FleetTokenSource, channel: str) -> None:
+        self._source = source
+        self._channel = channel
+        self._pubsub: Any = None
+        self._tried = False
+
+    async def __aenter__(self) -> _Listener:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
+                try:
+                    await pubsub.aclose()
+                except Exception as exc:
+                    self._source.debug("fleet.store.unsubscribe_failed", error=type(exc).__name__)
+
+    async def subscribe(self) -> bool:
+        """Subscribe if not tried yet; whether this call did (the caller then reads again)."""
+        if self._tried:
+            return False
+        self._tried = True
+        pubsub = self._source.pubsub()
+        if pubsub is None:
+            return False
+        try:
+            with anyio.fail_after(self._source.store.operation_timeout):
+                await pubsub.subscribe(self._channel)
+        except Exception as exc:
+            self._source.debug("fleet.store.subscribe_failed", error=type(exc).__name__)
+            with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            return False
+        self._pubsub = pubsub
+        return True
+
+    async def wait(self, timeout: float) -> None:
+        """Until a publication on the channel arrives, or *timeout* seconds."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            await anyio.sleep(timeout)
+            return
+        with anyio.move_on_after(timeout):
+            try:
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                    if message is not None and message.get("type") == "message":
+                        return
+            except Exception as exc:
+                # The subscription broke: poll for the rest of this wait and the next ones.
+                self._source.debug("fleet.store.listen_failed", error=type(exc).__name__)
+                self._pubsub = None
+                with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                await anyio.sleep(timeout)
 
 
 def _integer(value: object) -> int:

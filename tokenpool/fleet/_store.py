@@ -75,8 +75,11 @@ class RedisStore:
             then ``{new, old}``, then drop ``old``.  With keys, a plain value
             in Redis is refused.  See :meth:`keys_from_env`.
         retry_after_failure: After a store fault (Redis down, slow, garbage),
-            how long fetches go straight to the HTTP source before the store
-            is tried again, in seconds.
+            the longest a proactive renewal waits before it tries the store
+            again, in seconds (it keeps serving its current token meanwhile,
+            and fetches per process once half its renewal window is gone).
+            A fetch a caller waits for never waits for the store: it goes to
+            the provider at once.
 
     Raises:
         ConfigurationError: a setting is invalid (the message names it), or
