@@ -7,6 +7,7 @@ import ssl
 from typing import Any, ClassVar
 
 import applog
+import fleet_options
 import httpx
 from arq.connections import RedisSettings
 
@@ -36,13 +37,28 @@ def make_client(name: str, auth: httpx.Auth) -> httpx.AsyncClient:
     )
 
 
-hooks = PoolHooks(providers, client_factory=make_client, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"])
+config = fleet_options.config_file()
+if config is not None:  # providers, [pool] and [pool.store] from a TOML file
+    hooks = PoolHooks(config=config, client_factory=make_client)
+else:
+    hooks = PoolHooks(
+        providers,
+        client_factory=make_client,
+        ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"],
+        **fleet_options.store_options(),
+    )
 
 
 async def call_resource(ctx: dict[str, Any]) -> dict[str, object]:
     response = await client(ctx, "generic").get("/api/resource")
-    cell = get_pool(ctx).statistics().cells["generic"]
-    return {"pid": os.getpid(), "status": response.status_code, "token_requests": cell.token_requests}
+    pool = get_pool(ctx)
+    cell = pool.statistics().cells["generic"]
+    return {
+        "pid": os.getpid(),
+        "status": response.status_code,
+        "token_requests": cell.token_requests,
+        "token_sha256": fleet_options.digest(await pool.token("generic")),
+    }
 
 
 class WorkerSettings:

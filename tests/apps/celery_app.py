@@ -11,6 +11,7 @@ import ssl
 from typing import Any
 
 import applog
+import fleet_options
 import httpx
 from celery import Celery, signals
 
@@ -51,9 +52,17 @@ def make_client(name: str, auth: httpx.Auth) -> httpx.Client:
     )
 
 
-tokenpool_celery.install(
-    app, providers, client_factory=make_client, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"]
-)
+config = fleet_options.config_file()
+if config is not None:  # providers, [pool] and [pool.store] from a TOML file
+    tokenpool_celery.install(app, config=config, client_factory=make_client)
+else:
+    tokenpool_celery.install(
+        app,
+        providers,
+        client_factory=make_client,
+        ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"],
+        **fleet_options.store_options(),
+    )
 
 
 def _wake_threads_pool_consumer(sender: Any = None, **_: Any) -> None:
@@ -82,4 +91,5 @@ def call_resource() -> dict[str, object]:
         "pid": os.getpid(),
         "status": response.status_code,
         "token_requests": cell.token_requests,
+        "token_sha256": fleet_options.digest(tokenpool_celery.token("generic")),
     }

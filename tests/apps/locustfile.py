@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import applog
+import fleet_options
 import httpx
 from locust import HttpUser, constant, task
 
@@ -25,7 +26,16 @@ def providers() -> dict[str, Provider]:
     }
 
 
-tokenpool_locust.install(providers, max_in_flight=16, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"])
+config = fleet_options.config_file()
+if config is not None:  # providers, [pool] and [pool.store] from a TOML file
+    tokenpool_locust.install(config=config, max_in_flight=16)
+else:
+    tokenpool_locust.install(
+        providers,
+        max_in_flight=16,
+        ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"],
+        **fleet_options.store_options(),
+    )
 generic = tokenpool_locust.requests_auth("generic")
 
 

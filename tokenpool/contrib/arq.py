@@ -30,6 +30,10 @@
         on_startup = tokenpool_hooks.on_startup
         on_shutdown = tokenpool_hooks.on_shutdown
 
+Or from a TOML file (the format of ``tokenpool check``):
+``PoolHooks(config="tokenpool.toml")``; a ``[pool.store]`` table there makes
+all the workers share one token per client.
+
 With hooks of your own, call these from them (``await tokenpool_hooks.on_startup(ctx)``).
 
 ``on_startup`` opens the pool (waiting for the first tokens by default:
@@ -46,14 +50,16 @@ like any other resource.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+import anyio
 import httpx
 
-from .._exceptions import ConfigurationError, PoolStateError, UnknownProviderError
+from .._exceptions import PoolStateError, UnknownProviderError
 from .._pool import TokenPool
-from ._common import ProvidersFactory, build_providers, log_closed, log_opened, logger_from
+from ._common import ProvidersFactory, log_closed, log_opened, logger_from, pool_recipe
 
 __all__ = ["AsyncClientFactory", "PoolHooks", "client", "get_pool"]
 
@@ -71,29 +77,33 @@ class PoolHooks:
 
     Args:
         providers: A callable returning ``{name: provider}``; runs at worker startup.
+        config: Instead of *providers*: a TOML file (the format of
+            ``tokenpool check``) with the providers and ``[pool]`` options,
+            ``[pool.store]`` included; read at worker startup.
         client_factory: Builds each provider's ``httpx.AsyncClient``
             (default ``httpx.AsyncClient(auth=auth)``).
         pool_key: Where the pool goes in ``ctx``.
         clients_key: Where the ``{name: AsyncClient}`` mapping goes in ``ctx``.
-        **pool_options: :class:`~tokenpool.TokenPool` keyword arguments.
+        **pool_options: :class:`~tokenpool.TokenPool` keyword arguments
+            (``store=``…; they override the file's ``[pool]``).
     """
 
     def __init__(
         self,
-        providers: ProvidersFactory,
+        providers: ProvidersFactory | None = None,
         *,
+        config: str | os.PathLike[str] | None = None,
         client_factory: AsyncClientFactory | None = None,
         pool_key: str = POOL_KEY,
         clients_key: str = CLIENTS_KEY,
         **pool_options: Any,
     ) -> None:
-        if not callable(providers):
-            raise ConfigurationError("PoolHooks(providers): providers must be a callable returning a mapping")
-        self._providers = providers
+        self._recipe = pool_recipe(
+            providers, config, defaults={}, options=pool_options, call="PoolHooks(providers)"
+        )
         self._client_factory = client_factory
         self._pool_key = pool_key
         self._clients_key = clients_key
-        self._pool_options = pool_options
         self._logger = logger_from(pool_options)
 
     def __repr__(self) -> str:
@@ -103,7 +113,12 @@ class PoolHooks:
         """Open the pool and the clients, and put them in *ctx*."""
         if _OPEN_KEY in ctx:
             raise PoolStateError("a tokenpool is already open in this arq context")
-        pool = TokenPool(build_providers(self._providers), **self._pool_options)
+        if self._recipe.config is None:
+            providers, options = self._recipe.build()
+        else:
+            # Reading the TOML file is blocking I/O: off the event loop.
+            providers, options = await anyio.to_thread.run_sync(self._recipe.build)
+        pool = TokenPool(providers, **options)
         await pool.__aenter__()  # closes what it opened if it fails or is cancelled
         try:
             clients = {name: self._make_client(name, pool.auth(name)) for name in pool.names}

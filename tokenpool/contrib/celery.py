@@ -25,6 +25,10 @@ In the module that defines your Celery app::
         client = tokenpool_celery.client("acme")  # an httpx.Client with the pool's auth
         return client.post("https://api.acme.example/payouts", json={"id": payout_id}).status_code
 
+Or from a TOML file (the format of ``tokenpool check``, read in each worker
+process): ``tokenpool_celery.install(app, config="tokenpool.toml")``; a
+``[pool.store]`` table there makes all the children share one token per client.
+
 Where the pool lives, per Celery pool type:
 
 - **prefork** (the default): each child opens its own pool in
@@ -67,12 +71,13 @@ from .._blocking import BlockingTokenPool
 from .._exceptions import ConfigurationError
 from .._token import Token
 from ._common import (
+    PoolRecipe,
     ProvidersFactory,
-    build_providers,
     forget_process_metrics,
     log_closed,
     log_opened,
     logger_from,
+    pool_recipe,
 )
 
 __all__ = [
@@ -96,8 +101,9 @@ _INTEGRATION = "celery"
 @dataclass(frozen=True, slots=True)
 class _Installation:
     app: Celery
-    providers: ProvidersFactory
+    recipe: PoolRecipe
     client_factory: ClientFactory | None
+    #: The keyword arguments given to install() (the logger comes from there).
     pool_options: dict[str, Any]
 
 
@@ -120,8 +126,9 @@ _current: _ProcessPool | None = None
 
 def install(
     app: Celery,
-    providers: ProvidersFactory,
+    providers: ProvidersFactory | None = None,
     *,
+    config: str | os.PathLike[str] | None = None,
     client_factory: ClientFactory | None = None,
     **pool_options: Any,
 ) -> None:
@@ -134,21 +141,30 @@ def install(
         app: The Celery application; the worker-level signals are filtered on it.
         providers: A callable returning ``{name: provider}``, run in each
             worker process when its pool opens.
+        config: Instead of *providers*: a TOML file (the format of
+            ``tokenpool check``) with the providers and ``[pool]`` options,
+            ``[pool.store]`` included; read in each worker process when its
+            pool opens, with that process's environment for ``${VARIABLE}``.
         client_factory: Builds what :func:`client` returns for a provider,
             e.g. ``lambda name, auth: httpx.Client(auth=auth, base_url=...)``.
             The default is ``httpx.Client(auth=auth)``.
         **pool_options: :class:`~tokenpool.TokenPool` keyword arguments
-            (``ca_file=``, ``metrics=``…).  ``warm_up`` defaults to
-            ``"background"``; ``"wait"`` risks Celery's 4 s init deadline.
+            (``ca_file=``, ``store=``, ``metrics=``…; they override the
+            file's ``[pool]``).  ``warm_up`` defaults to ``"background"``;
+            ``"wait"`` risks Celery's 4 s init deadline.
     """
     global _installation
-    if not callable(providers):
-        raise ConfigurationError("install(app, providers): providers must be a callable returning a mapping")
-    options = {"warm_up": "background", **pool_options}
+    recipe = pool_recipe(
+        providers,
+        config,
+        defaults={"warm_up": "background"},
+        options=pool_options,
+        call="install(app, providers)",
+    )
     with _lock:
         if _installation is not None:
             raise ConfigurationError("tokenpool.contrib.celery is already installed in this process")
-        _installation = _Installation(app, providers, client_factory, options)
+        _installation = _Installation(app, recipe, client_factory, dict(pool_options))
     # weak=False: the receivers are module functions, but be explicit; dispatch_uid
     # makes a repeated install (after uninstall) connect each receiver once.
     signals.worker_process_init.connect(_on_worker_process_init, weak=False, dispatch_uid=_uid("wpi"))
@@ -252,8 +268,8 @@ def _open_for_this_process(*, reason: str) -> _ProcessPool:
         # untouched, see shutdown().
         installation = _require_installation()
         logger = logger_from(installation.pool_options)
-        providers = build_providers(installation.providers)
-        pool = BlockingTokenPool(providers, **installation.pool_options).start()
+        providers, options = installation.recipe.build()
+        pool = BlockingTokenPool(providers, **options).start()
         current = _current = _ProcessPool(os.getpid(), pool, logger)
         if reason == "first use":
             # Not opened by a worker signal, so nothing else will close it.  An

@@ -28,7 +28,10 @@ In your locustfile::
                 self.client.post("/payouts", json={"amount": 1}, auth=acme)
 
 Ten thousand users then cost one token request per refresh window per Locust
-process, instead of one per user (or one per request).
+process, instead of one per user (or one per request).  Or from a TOML file
+(the format of ``tokenpool check``): ``tokenpool_locust.install(config="tokenpool.toml")``;
+a ``[pool.store]`` table there makes all the Locust processes share one token
+per client.
 
 - The pool opens on Locust's ``init`` event in every process that runs users
   (the only process, or each worker with ``--processes``/``--worker``; the
@@ -70,7 +73,7 @@ from requests.auth import AuthBase
 from .._auth import BodyRecording, CannotReplay, Step, SyncSteps, refuse_plain_http, unauthorized_flow
 from .._exceptions import ConfigurationError
 from .._token import Token
-from ._common import ProvidersFactory, build_providers, log_closed, log_opened, logger_from
+from ._common import PoolRecipe, ProvidersFactory, log_closed, log_opened, logger_from, pool_recipe
 from ._gevent import GeventTokenPool
 
 __all__ = [
@@ -93,7 +96,8 @@ _INTEGRATION = "locust"
 class _State:
     """Module state; per process (a forked child compares ``pid``)."""
 
-    providers: ProvidersFactory | None = None
+    recipe: PoolRecipe | None = None
+    #: The keyword arguments given to install() (the logger comes from there).
     pool_options: dict[str, Any] = field(default_factory=dict)
     pool: GeventTokenPool | None = None
     pid: int = 0
@@ -108,8 +112,9 @@ _open_lock = gevent.lock.RLock()
 
 
 def install(
-    providers: ProvidersFactory,
+    providers: ProvidersFactory | None = None,
     *,
+    config: str | os.PathLike[str] | None = None,
     max_in_flight: int | None = None,
     events: Events | None = None,
     **pool_options: Any,
@@ -121,20 +126,26 @@ def install(
     Args:
         providers: A callable returning ``{name: provider}``; runs in each
             Locust process that runs users, when its pool opens.
+        config: Instead of *providers*: a TOML file (the format of
+            ``tokenpool check``) with the providers and ``[pool]`` options,
+            ``[pool.store]`` included; read in each Locust process that runs
+            users, when its pool opens.
         max_in_flight: Bound for :func:`in_flight` (API calls in flight per
             process); ``None`` leaves it unbounded.
         events: Locust's event hooks (default ``locust.events``).
-        **pool_options: :class:`~tokenpool.TokenPool` keyword arguments.
+        **pool_options: :class:`~tokenpool.TokenPool` keyword arguments
+            (``store=``…; they override the file's ``[pool]``).
     """
-    if not callable(providers):
-        raise ConfigurationError("install(providers): providers must be a callable returning a mapping")
+    recipe = pool_recipe(
+        providers, config, defaults={"warm_up": "wait"}, options=pool_options, call="install(providers)"
+    )
     if max_in_flight is not None and max_in_flight < 1:
         raise ConfigurationError("max_in_flight must be at least 1 (or None for no bound)")
-    if _state.providers is not None:
+    if _state.recipe is not None:
         raise ConfigurationError("tokenpool.contrib.locust is already installed in this process")
     hooks = events if events is not None else locust.events
-    _state.providers = providers
-    _state.pool_options = {"warm_up": "wait", **pool_options}
+    _state.recipe = recipe
+    _state.pool_options = dict(pool_options)
     _state.max_in_flight = max_in_flight
     _state.events = hooks
     hooks.init.add_listener(_on_init)  # type: ignore[no-untyped-call]  # untyped in locust
@@ -148,7 +159,7 @@ def uninstall() -> None:
     if hooks is not None:
         hooks.init.remove_listener(_on_init)  # type: ignore[no-untyped-call]  # untyped in locust
         hooks.quitting.remove_listener(_on_quitting)  # type: ignore[no-untyped-call]
-    _state.providers = None
+    _state.recipe = None
     _state.events = None
 
 
@@ -344,8 +355,8 @@ class _PreparedRequestAdapter:
 
 
 def _open(*, reason: str) -> GeventTokenPool:
-    factory = _state.providers
-    if factory is None:
+    recipe = _state.recipe
+    if recipe is None:
         raise ConfigurationError(
             "tokenpool.contrib.locust is not installed: call install(providers) in the locustfile"
         )
@@ -356,8 +367,8 @@ def _open(*, reason: str) -> GeventTokenPool:
         # A pool inherited through fork() (other pid) is dropped untouched: its
         # thread does not exist here.
         _state.pool = None
-        providers = build_providers(factory)
-        pool = GeventTokenPool(providers, **_state.pool_options).start()
+        providers, options = recipe.build()
+        pool = GeventTokenPool(providers, **options).start()
         _state.pool, _state.pid = pool, os.getpid()
     log_opened(logger_from(_state.pool_options), _INTEGRATION, list(providers), reason=reason)
     return pool
