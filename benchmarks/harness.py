@@ -14,10 +14,14 @@ Examples::
     python -m benchmarks.harness --scenarios steady,mass-revocation --duration 10
     python -m benchmarks.harness --list
     python -m benchmarks.harness --scenarios fleet                # W = 8 workers, with and without Redis
+    python -m benchmarks.harness --scenarios fleet-faults --duration 20   # Redis and lease faults
 
-The ``fleet`` scenario starts its own ``redis-server`` (loopback, a free
-port, no persistence) the first time a run needs it, empties it before every
-run that uses it, and stops it when the harness ends.
+The ``fleet`` and ``fleet-faults`` scenarios start their own ``redis-server``
+(loopback, a free port, no persistence) the first time a run needs it, empty
+it before every run that uses it, and stop it when the harness ends.  A
+fleet-faults run may kill it (it is restarted on the same port, and again
+after the run if it is down) or put a loopback proxy in front of it
+(``benchmarks/redis_proxy.py``), started and stopped with the run.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenpool._fleet import FleetSettings, ProgressPrinter, emulator_specs, run_fleet
+from tokenpool._fleet import FleetSettings, ProgressPrinter, ProviderSpec, emulator_specs, run_fleet
 from tokenpool.testing import EmulatorProcess
 
 from . import report
-from .redis_server import RedisServer
+from .redis_proxy import RedisProxy
+from .redis_server import RedisServer, RedisServerError
 from .scenarios import PEER_SCALE, SCENARIOS, STEADY_SCALE, Ctx, Options, RunPlan, plans_for, set_lifetimes
 
 __all__ = ["main"]
@@ -55,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="scenarios: "
         + ", ".join(SCENARIOS)
-        + " (default: all; 'peers' needs the bench extra, 'fleet' redis-server and the redis extra)",
+        + " (default: all; 'peers' needs the bench extra, 'fleet' and 'fleet-faults' redis-server and the "
+        "redis extra)",
     )
     parser.add_argument(
         "--scenarios",
@@ -73,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         metavar="W",
-        help="worker processes of the fleet scenario's runs (default 8; the issue's proof needs ≥ 8)",
+        help="worker processes of the fleet and fleet-faults scenarios' runs (default 8; the issue's "
+        "proof needs ≥ 8)",
     )
     parser.add_argument(
         "--fleet-rate",
@@ -118,9 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The scenarios that need redis-server and redis-py.
+REDIS_SCENARIOS = ("fleet", "fleet-faults")
+
+
 def _scenario_names(text: str, *, peers: bool, fleet: bool = True) -> list[str]:
     if text == "all":
-        names = [name for name in SCENARIOS if (name != "peers" or peers) and (name != "fleet" or fleet)]
+        names = [
+            name
+            for name in SCENARIOS
+            if (name != "peers" or peers) and (name not in REDIS_SCENARIOS or fleet)
+        ]
     else:
         names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SCENARIOS]
@@ -168,19 +183,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     if "peers" in names and missing:
         raise SystemExit(f"the peers scenario needs {', '.join(missing)}: pip install -e '.[bench]'")
-    if "fleet" in names and fleet_missing and not args.list:
-        raise SystemExit(f"the fleet scenario needs {', '.join(fleet_missing)}")
+    wanted = [name for name in names if name in REDIS_SCENARIOS]
+    if wanted and fleet_missing and not args.list:
+        raise SystemExit(f"the {' and '.join(wanted)} scenario(s) need {', '.join(fleet_missing)}")
     if args.scenarios == "all" and missing and not args.no_peers:
         notes.append(f"peers skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')")
     if args.scenarios == "all" and fleet_missing:
-        notes.append(f"fleet skipped: {', '.join(fleet_missing)} not installed")
+        notes.append(f"fleet and fleet-faults skipped: {', '.join(fleet_missing)} not installed")
     plans = plans_for(names, opts)
     if args.list:
         for plan in plans:
             print(f"{plan.label:38} {plan.duration:5.0f} s  {plan.title}\n{'':46}expects: {plan.expectation}")
         return 0
-    if "fleet" in names and opts.fleet_workers < 8:
-        notes.append(f"fleet ran with {opts.fleet_workers} workers; the issue's proof asks for at least 8")
+    if wanted and opts.fleet_workers < 8:
+        notes.append(
+            f"{' and '.join(wanted)} ran with {opts.fleet_workers} workers; "
+            "the issue's proof asks for at least 8"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     total = sum(p.duration for p in plans)
     sizes = "/".join(str(w) for w in sorted({p.workers or opts.workers for p in plans}))
@@ -268,13 +287,38 @@ def _run(
     if plan.prepare is not None:
         plan.prepare(emu)
     specs = emulator_specs(emu, providers=plan.providers, tls=opts.tls, zertiban_tenants=plan.tenants)
-    workers = plan.workers or opts.workers
     server: RedisServer | None = None
     if plan.store:
         if redis is None:
             raise RuntimeError(f"{plan.label} needs a redis-server and the harness gave it none")
         server = redis()
+        if not server.running:
+            server.restart()  # a fault run before this one left it down
         server.flush()  # no run adopts another run's tokens (the emulator forgot them on reset)
+    with contextlib.ExitStack() as stack:
+        proxy: RedisProxy | None = None
+        if plan.store_proxy:
+            if server is None:
+                raise RuntimeError(f"{plan.label}: a store proxy needs a store")
+            proxy = stack.enter_context(RedisProxy(server.port))
+        return _run_fleet(emu, plan, opts, number, count, specs, lifetimes, server, proxy, quiet=quiet)
+
+
+def _run_fleet(
+    emu: EmulatorProcess,
+    plan: RunPlan,
+    opts: Options,
+    number: int,
+    count: int,
+    specs: Sequence[ProviderSpec],
+    lifetimes: dict[str, int],
+    server: RedisServer | None,
+    proxy: RedisProxy | None,
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
+    workers = plan.workers or opts.workers
+    store_url = None if server is None else (server.url if proxy is None else proxy.url)
     settings = FleetSettings(
         specs=tuple(specs),
         workers=workers,
@@ -285,23 +329,41 @@ def _run(
         ca_file=emu.ca_file if opts.tls else None,
         policy=plan.policy,
         strategy=plan.strategy,
-        store_url=None if server is None else server.url,
+        store_url=store_url,
+        store_options=plan.store_options if store_url is not None else (),
         think_time=plan.think_time,
     )
-    ctx = Ctx(emu=emu, plan=plan, lifetimes=lifetimes, workers=workers)
+    ctx = Ctx(
+        emu=emu,
+        plan=plan,
+        lifetimes=lifetimes,
+        workers=workers,
+        redis=server,
+        proxy=proxy,
+        specs=tuple(specs),
+    )
     label = f"[{number}/{count}] {plan.label}"
     print(
         f"{label}: {plan.title} (lifetimes {lifetimes}"
-        + ("" if server is None else f"; store {server.url}")
+        + ("" if store_url is None else f"; store {store_url}")
+        + ("" if proxy is None else f" (a proxy to {server.url if server else '?'})")
         + ")",
         file=sys.stderr,
         flush=True,
     )
     progress = None if quiet else ProgressPrinter(label, plan.duration)
     commands_before = None if server is None else server.commands_processed()
-    result = run_fleet(settings, actions=plan.actions(ctx), progress=progress)
-    if server is not None and commands_before is not None:
-        # Minus the INFO that reads the count.
+    restarts_before = 0 if server is None else server.restarts
+    try:
+        result = run_fleet(settings, actions=plan.actions(ctx), progress=progress)
+    finally:
+        if server is not None and not server.running:
+            # Killed by the run and not restarted (interrupted, or the restart failed): the
+            # next run needs it.
+            with contextlib.suppress(RedisServerError):
+                server.restart()
+    if server is not None and commands_before is not None and server.restarts == restarts_before:
+        # Minus the INFO that reads the count.  (After a restart the server's count began again.)
         ctx.redis_commands = max(0, server.commands_processed() - commands_before - 1)
     stats = emu.stats()
     ctx.server = stats
@@ -314,6 +376,10 @@ def _run(
     print(
         f"{label}: {verdict}: {t.calls:,} calls, {t.unauthorized} 401s ({t.recovered_401} retried), "
         f"{t.failed} failed, {t.token_requests} token requests (ideal {t.ideal})"
+        + "".join(
+            f"; worker {k['worker']} (pid {k['pid']}) killed by the harness at {k['at']:.2f} s"
+            for k in result.killed_workers
+        )
         + ("" if summary is None or "line" not in summary else f"\n    {summary['line']}")
         + "".join(f"\n    FAIL {c.name}: {c.detail}" for c in checks if not c.passed),
         file=sys.stderr,

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -56,6 +57,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,7 @@ from tokenpool.testing import PROVIDERS, EmulatorProcess
 
 OUT = Path(__file__).parent / "out"
 
-SECTIONS = ("hit", "auth", "stall", "steps", "memory", "idle", "idle-warm")
+SECTIONS = ("hit", "hit-store", "auth", "stall", "steps", "memory", "idle", "idle-warm")
 #: ``--only scale`` (the old name) means the three scale measurements.
 ALIASES = {"scale": ("memory", "idle", "idle-warm")}
 
@@ -201,18 +203,23 @@ async def _timed_loop(call: Callable[[str], Awaitable[object]], n: int) -> float
     return (time.perf_counter() - started) / n
 
 
+def bare_lookup(token: Token) -> Callable[[str], Awaitable[Token]]:
+    """The baseline of the hit path: an awaited dict lookup and a ``monotonic()`` check."""
+    table: dict[str, Token] = {"acme": token}
+    monotonic = time.monotonic
+
+    async def bare(name: str) -> Token:
+        entry = table[name]
+        if monotonic() < entry.usable_until:
+            return entry
+        raise RuntimeError("expired")
+
+    return bare
+
+
 async def bench_hit(emulator: EmulatorProcess, rounds: int, per_round: int) -> dict[str, Any]:
     async with TokenPool({"acme": generic(emulator)}) as pool:  # metrics on, the global registry
-        token = await pool.token("acme")
-        table: dict[str, Token] = {"acme": token}
-        monotonic = time.monotonic
-
-        async def bare(name: str) -> Token:
-            entry = table[name]
-            if monotonic() < entry.usable_until:
-                return entry
-            raise RuntimeError("expired")
-
+        bare = bare_lookup(await pool.token("acme"))
         ours: list[float] = []
         base: list[float] = []
         for i in range(rounds):
@@ -236,6 +243,50 @@ async def bench_hit(emulator: EmulatorProcess, rounds: int, per_round: int) -> d
         "calls_per_round": per_round,
         "hits_counted": hits,
         "goal": f"ratio_min <= {GOAL_HIT_RATIO}",
+    }
+
+
+async def bench_hit_store(emulator: EmulatorProcess, rounds: int, per_round: int) -> dict[str, Any]:
+    """The hit path of a pool with a fleet store beside one without, and the bare lookup, interleaved.
+
+    Both pools have metrics on (private registries); the store pool's token went
+    through a real local redis-server (started here).  The hit path never
+    touches the source, so the two should be equal within noise.
+    """
+    from tokenpool.fleet import RedisStore
+
+    from .redis_server import RedisServer
+
+    with RedisServer() as server:
+        async with (
+            TokenPool({"acme": generic(emulator)}, metrics=CollectorRegistry()) as plain,
+            TokenPool(
+                {"acme": generic(emulator)}, metrics=CollectorRegistry(), store=RedisStore(server.url)
+            ) as shared,
+        ):
+            bare = bare_lookup(await plain.token("acme"))
+            await shared.token("acme")
+            runs: dict[str, list[float]] = {"bare": [], "plain": [], "store": []}
+            calls = {"bare": bare, "plain": plain.token, "store": shared.token}
+            order = list(runs)
+            for i in range(rounds):
+                gc.collect()
+                for key in order[i % 3 :] + order[: i % 3]:  # rotate who goes first
+                    runs[key].append(await _timed_loop(calls[key], per_round))
+            redis_commands = server.commands_processed()
+    mins = {k: min(v) * 1e9 for k, v in runs.items()}
+    medians = {k: statistics.median(v) * 1e9 for k, v in runs.items()}
+    return {
+        "config": "metrics on (private registries), 1 cell each, token fresh (no network); "
+        "'store': TokenPool(store=RedisStore(local redis-server))",
+        "min_ns": mins,
+        "median_ns": medians,
+        "store_vs_plain_min": mins["store"] / mins["plain"],
+        "store_vs_bare_min": mins["store"] / mins["bare"],
+        "plain_vs_bare_min": mins["plain"] / mins["bare"],
+        "rounds": rounds,
+        "calls_per_round": per_round,
+        "redis_commands_during_run": redis_commands,
     }
 
 
@@ -910,6 +961,19 @@ def table(results: Mapping[str, Any]) -> str:
                 f"≤ {GOAL_HIT_RATIO}× {_goal(r['ratio_min'] <= GOAL_HIT_RATIO)}",
             )
         )
+    if "hit-store" in results:
+        r = results["hit-store"]
+        m = r["min_ns"]
+        rows.append(
+            (
+                "hit path with a fleet store: `TokenPool(store=RedisStore(...))` vs without vs bare",
+                f"metrics on; min of {r['rounds']} interleaved rounds × {r['calls_per_round']:,}",
+                f"store {m['store']:.0f} / plain {m['plain']:.0f} / bare {m['bare']:.0f} ns → "
+                f"store vs plain **{r['store_vs_plain_min']:.2f}×**, "
+                f"store vs bare {r['store_vs_bare_min']:.2f}×",
+                "≈ 1.0× vs plain",
+            )
+        )
     if "auth" in results:
         r = results["auth"]
         rows.append(
@@ -1138,6 +1202,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"hit path (metrics on): tokenpool {r['tokenpool_min_ns']:.0f} ns vs bare "
                 f"{r['baseline_min_ns']:.0f} ns -> {r['ratio_min']:.2f}x min, "
                 f"{r['ratio_median']:.2f}x median (goal <= {GOAL_HIT_RATIO})"
+            )
+        if "hit-store" in chosen and (shutil.which("redis-server") is None or find_spec("redis") is None):
+            progress("hit-store: skipped (needs redis-server and the redis extra)")
+        elif "hit-store" in chosen:
+            with section("hit-store"):
+                results["hit-store"] = anyio.run(bench_hit_store, emulator, args.rounds, args.hit_calls)
+            r = results["hit-store"]
+            print(
+                f"hit path with a store: {r['min_ns']['store']:.0f} ns vs {r['min_ns']['plain']:.0f} ns "
+                f"without -> {r['store_vs_plain_min']:.2f}x (bare {r['min_ns']['bare']:.0f} ns)"
             )
         if "auth" in chosen:
             with section("auth"):

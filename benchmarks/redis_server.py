@@ -2,8 +2,12 @@
 
 :class:`RedisServer` starts ``redis-server`` on a free 127.0.0.1 port in a
 temporary directory (``--save '' --appendonly no``), answers the few commands
-the harness needs over a plain socket (PING, FLUSHALL, INFO), and stops the
-process it started by its own handle.
+the harness needs over a plain socket (PING, FLUSHALL, INFO, SCAN, GET, DEL),
+and stops the process it started by its own handle.  For the fleet-faults
+scenario it can also crash the server on purpose (:meth:`RedisServer.kill`,
+SIGKILL by its handle) and start it again on the same port
+(:meth:`RedisServer.restart`); without persistence the restarted server is
+empty, as after a real crash.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeAlias
 
 __all__ = ["RedisServer", "RedisServerError"]
 
@@ -28,6 +32,10 @@ COMMAND_TIMEOUT = 2.0
 ATTEMPTS = 3
 
 
+#: An answer: simple string, bulk string, integer, nil, or an array of those.
+Reply: TypeAlias = str | int | list[Any] | None
+
+
 class RedisServerError(RuntimeError):
     """redis-server is missing, did not start, or answered an admin command with an error."""
 
@@ -37,6 +45,12 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _integer(reply: Reply) -> int:
+    if not isinstance(reply, int):
+        raise RedisServerError(f"expected an integer answer, got {type(reply).__name__}")
+    return reply
 
 
 def _encode(args: tuple[str, ...]) -> bytes:
@@ -66,7 +80,8 @@ class _Reader:
             raise RedisServerError("redis-server closed the connection")
         self._buffer += chunk
 
-    def reply(self) -> str | int | None:
+    def reply(self) -> Reply:
+        """A simple string, integer, bulk string (``str``), ``None``, or a list of those (arrays)."""
         line = self._line()
         kind, rest = line[:1], line[1:].decode("utf-8", "replace")
         if kind == b"+":
@@ -83,6 +98,9 @@ class _Reader:
                 self._fill()
             data, self._buffer = self._buffer[:length], self._buffer[length + 2 :]
             return data.decode("utf-8", "replace")
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [self.reply() for _ in range(count)]
         raise RedisServerError(f"unexpected reply type {kind!r}")
 
 
@@ -104,6 +122,9 @@ class RedisServer:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._directory: Path | None = None
+        #: How often :meth:`kill` and :meth:`restart` were used (commands counts reset on a restart).
+        self.kills = 0
+        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -122,48 +143,56 @@ class RedisServer:
         return self
 
     def _start(self) -> None:
-        assert self._directory is not None
         problem = "did not start"
         for _ in range(ATTEMPTS):
             self.port = _free_port()
-            log = self._directory / "redis.log"
-            command = [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--protected-mode",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self._directory),
-                "--logfile",
-                str(log),
-                "--loglevel",
-                "warning",
-            ]
-            self.proc = subprocess.Popen(  # noqa: S603 - our own fixed command line
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            limit = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < limit:
-                if self.proc.poll() is not None:
-                    problem = f"exited with code {self.proc.returncode}: {self._log_tail(log)}"
-                    break
-                with contextlib.suppress(OSError, RedisServerError):
-                    if self.command("PING", timeout=0.5) == "PONG":
-                        return
-                time.sleep(0.05)
-            else:
-                problem = f"did not answer PING within {START_TIMEOUT:g} s"
-            self._end_process()
+            failed = self._launch()
+            if failed is None:
+                return
+            problem = failed
         raise RedisServerError(f"redis-server {problem}")
+
+    def _launch(self) -> str | None:
+        """Start the server on :attr:`port`; ``None`` once it answers PING, else what went wrong."""
+        assert self._directory is not None
+        log = self._directory / "redis.log"
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self._directory),
+            "--logfile",
+            str(log),
+            "--loglevel",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(  # noqa: S603 - our own fixed command line
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        limit = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < limit:
+            if self.proc.poll() is not None:
+                problem = f"exited with code {self.proc.returncode}: {self._log_tail(log)}"
+                break
+            with contextlib.suppress(OSError, RedisServerError):
+                if self.command("PING", timeout=0.5) == "PONG":
+                    return None
+            time.sleep(0.05)
+        else:
+            problem = f"did not answer PING within {START_TIMEOUT:g} s"
+        self._end_process()
+        return problem
 
     @staticmethod
     def _log_tail(log: Path) -> str:
@@ -172,7 +201,7 @@ class RedisServer:
         except OSError:
             return "no log"
 
-    def command(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str | int | None:
+    def command(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
         """Send one command on a fresh connection and return its reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(_encode(args))
@@ -192,8 +221,74 @@ class RedisServer:
         return out
 
     def commands_processed(self) -> int:
-        """The server's ``total_commands_processed`` so far."""
+        """The server's ``total_commands_processed`` so far (since its last (re)start)."""
         return int(self.info("stats").get("total_commands_processed", "0"))
+
+    def keys(self, pattern: str) -> list[str]:
+        """Every key matching *pattern*, by ``SCAN`` (never ``KEYS``, which blocks the server)."""
+        found: list[str] = []
+        cursor = "0"
+        for _ in range(10_000):
+            reply = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+            if not isinstance(reply, list) or len(reply) != 2:
+                raise RedisServerError("unexpected answer to SCAN")
+            cursor, batch = str(reply[0]), reply[1]
+            found.extend(str(key) for key in batch or [])
+            if cursor == "0":
+                break
+        return sorted(set(found))
+
+    def get(self, key: str) -> str | None:
+        value = self.command("GET", key)
+        return None if value is None else str(value)
+
+    def pttl(self, key: str) -> int:
+        """Milliseconds *key* has left (-1: no expiry, -2: no such key)."""
+        return _integer(self.command("PTTL", key))
+
+    def delete(self, *keys: str) -> int:
+        return _integer(self.command("DEL", *keys)) if keys else 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server by its own handle, as a crash would; :meth:`restart` brings it back.
+
+        Raises:
+            RedisServerError: it is not running.
+        """
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            raise RedisServerError("redis-server is not running")
+        proc.kill()
+        proc.wait(timeout=5.0)
+        self.proc = None
+        self.kills += 1
+
+    def restart(self, *, timeout: float = START_TIMEOUT) -> None:
+        """Start the server again on the same port (after :meth:`kill`), empty.
+
+        Retries for up to *timeout* seconds while the port is not free yet.
+
+        Raises:
+            RedisServerError: it is still running, or did not come back in time.
+        """
+        if self.running:
+            raise RedisServerError("redis-server is still running")
+        if self._directory is None or not self.port:
+            raise RedisServerError("redis-server was never started")
+        self.proc = None
+        limit = time.monotonic() + timeout
+        while True:
+            problem = self._launch()
+            if problem is None:
+                self.restarts += 1
+                return
+            if time.monotonic() >= limit:
+                raise RedisServerError(f"redis-server did not restart on port {self.port}: {problem}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self._end_process()

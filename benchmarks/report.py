@@ -125,7 +125,7 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
         "clock. "
         "Latencies are loopback figures on a shared machine: compare them within a run, not across machines."
     )
-    if any(r["group"] == "fleet" for r in runs):
+    if any(r["group"] in ("fleet", "fleet-faults") for r in runs):
         lines.append("")
         lines.append(
             f"The fleet runs use {o.get('fleet_workers', o['workers'])} worker processes (`--fleet-workers`) "
@@ -138,7 +138,7 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
             )
         )
     lines.append("")
-    tokenpool_runs = [r for r in runs if r["group"] not in ("peers", "fleet")]
+    tokenpool_runs = [r for r in runs if r["group"] not in ("peers", "fleet", "fleet-faults")]
     if tokenpool_runs:
         lines.append("## Scenarios")
         lines.append("")
@@ -171,16 +171,13 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
         lines.append("")
         lines.append("### Expectations")
         lines.append("")
-        for run in tokenpool_runs:
-            lines.append(f"**{run['scenario']}** — {run['title']}. Expected: {run['expectation']}.")
-            lines.append("")
-            for check in run["checks"]:
-                mark = "PASS" if check["passed"] else "FAIL"
-                lines.append(f"- {mark} {check['name']}: {check['detail']}")
-            lines.append("")
+        lines.extend(expectations(tokenpool_runs))
     fleet_runs = [r for r in runs if r["group"] == "fleet"]
     if fleet_runs:
         lines.extend(_fleet_section(fleet_runs))
+    fault_runs = [r for r in runs if r["group"] == "fleet-faults"]
+    if fault_runs:
+        lines.extend(_fleet_faults_section(fault_runs))
     peer_runs = [r for r in runs if r["group"] == "peers"]
     if peer_runs:
         lines.append("## Peers")
@@ -355,6 +352,66 @@ def _fleet_section(runs: Sequence[dict[str, Any]]) -> list[str]:
         lines.append("")
     lines.append("### Fleet expectations")
     lines.append("")
+    lines.extend(expectations(runs))
+    return lines
+
+
+def _fault_label(run: dict[str, Any]) -> str:
+    """What was done to the run, from its notes: ``redis-server SIGKILLed 9.0–14.1 s``…"""
+    parts = []
+    for note in run["result"].get("notes", []):
+        kind = note.get("kind")
+        if kind == "fault" and "start" in note:
+            parts.append(
+                f"{note.get('label', 'fault')} {float(note['start']):.1f}–{float(note['end']):.1f} s"
+            )
+        elif kind in ("revocation", "lease-kill") and "start" in note:
+            parts.append(f"{note.get('label', kind)} at {float(note['start']):.1f} s")
+    return "; ".join(parts) or "–"
+
+
+def _fleet_faults_section(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One fault per run, W workers with the store; the checks are counts and bounds."""
+    lines = ["## Fleet tier under faults (Redis)", ""]
+    lines.append(
+        "W worker processes × every provider, every pool with `store=RedisStore(url)` on the harness's "
+        "redis-server, lifetimes compressed; one fault per run: the redis-server SIGKILLed and restarted on "
+        "the same port; the worker holding a refresh lease (its pid read from the lease's owner in Redis) "
+        "SIGKILLed with its token request in flight; Redis slowed, then stalled, by a loopback proxy between "
+        "the workers and the server (`benchmarks/redis_proxy.py`); every token revoked at the provider. "
+        "Token requests are counted at the provider (the emulator's token endpoint), per client. A worker "
+        "killed by the harness is killed on purpose: its results are missing by design and every figure is "
+        "the surviving workers'. Token wait is the time in `await pool.token(name)` per call."
+    )
+    lines.append("")
+    lines.append(
+        "| run | verdict | W | fault | calls | 401 final | 401 retried | failed | "
+        "token requests (all clients) | store outcomes | token wait p99 / max (ms) | killed by the harness |"
+    )
+    lines.append("|---|---|---:|---|---:|---:|---:|---:|---:|---|---|---|")
+    for run in runs:
+        t = run["result"]["total"]
+        f = run.get("fleet") or {}
+        killed = run["result"].get("killed_workers") or []
+        lines.append(
+            f"| {run['scenario']} | {_verdict(run)} | {f.get('workers', run.get('workers') or 0)} | "
+            f"{_fault_label(run)} | {t['calls']:,} | {t['unauthorized']:,} | {t['recovered_401']:,} | "
+            f"{run['result']['lost_calls']:,} | {int(f.get('requests', 0)):,} | "
+            f"{_store_outcomes(f.get('store_outcomes'))} | "
+            f"{_ms(t['token_wait']['p99_ms'])} / {_ms(t['token_wait']['max_ms'])} | "
+            + (", ".join(f"worker {k['worker']} (pid {k['pid']})" for k in killed) or "–")
+            + " |"
+        )
+    lines.append("")
+    lines.append("### Fleet-fault expectations")
+    lines.append("")
+    lines.extend(expectations(runs))
+    return lines
+
+
+def expectations(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's expectation and the outcome of each of its checks."""
+    lines: list[str] = []
     for run in runs:
         lines.append(f"**{run['scenario']}** — {run['title']}. Expected: {run['expectation']}.")
         lines.append("")

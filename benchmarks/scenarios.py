@@ -26,10 +26,14 @@ from tokenpool._fleet import (
     Action,
     FleetController,
     FleetResult,
+    ProviderSpec,
     StrategySpec,
     ideal_requests,
 )
 from tokenpool.testing import EmulatorProcess
+
+from .redis_proxy import RedisProxy
+from .redis_server import RedisServer
 
 __all__ = ["SCENARIOS", "Check", "Ctx", "RunPlan", "fleet_figures", "fleet_ideal", "plans_for"]
 
@@ -98,8 +102,14 @@ class Ctx:
     emulator_offset: float = 0.0
     #: Worker processes of this run.
     workers: int = 0
-    #: Commands the run's Redis processed during the run (store runs only).
+    #: Commands the run's Redis processed during the run (store runs only; ``None`` after a restart).
     redis_commands: int | None = None
+    #: The run's redis-server (store runs only): fault actions kill and restart it.
+    redis: RedisServer | None = None
+    #: The proxy between the workers and Redis (``RunPlan.store_proxy`` runs only).
+    proxy: RedisProxy | None = None
+    #: The cells' settings (secrets included: never to be written anywhere).
+    specs: tuple[ProviderSpec, ...] = ()
 
     def events(self, kind: str, provider: str | None = None) -> list[float]:
         """Offsets (from the start of the load) of the emulator's events of *kind*."""
@@ -134,6 +144,10 @@ class RunPlan:
     workers: int | None = None
     #: Every worker's pool shares tokens through the harness's redis-server (``RedisStore``).
     store: bool = False
+    #: ``RedisStore`` keyword arguments besides the URL (``lease_ttl``, ``retry_after_failure``…).
+    store_options: tuple[tuple[str, Any], ...] = ()
+    #: The workers reach Redis through a :class:`~benchmarks.redis_proxy.RedisProxy` (``Ctx.proxy``).
+    store_proxy: bool = False
     #: Runs against the emulator after the lifetimes are set (revoke-on-issue…).
     prepare: Callable[[EmulatorProcess], None] | None = None
     #: Figures of the run for the report (JSON-ready), beside the checks; ``"line"`` is printed.
@@ -154,6 +168,20 @@ def group_of(cell: str) -> str:
 # =============================================================================================
 # Common checks
 # =============================================================================================
+
+
+def _revoke_everything(when: Callable[[FleetController], float]) -> Callable[[Ctx], list[Action]]:
+    """A run's actions: revoke every issued token at the emulator at the instant *when* picks."""
+
+    def actions(ctx: Ctx) -> list[Action]:
+        def act(controller: FleetController) -> None:
+            start = controller.elapsed
+            revoked = ctx.emu.revoke_tokens()
+            controller.notes.append({"kind": "revocation", "start": round(start, 3), "revoked": revoked})
+
+        return [(when, act)]
+
+    return actions
 
 
 def basic_checks(result: FleetResult, *, failures_allowed: bool = False) -> list[Check]:
@@ -239,6 +267,25 @@ def around_refresh(
             return fallback
         median = times[len(times) // 2]
         return max(0.5, median - width / 2)
+
+    return when
+
+
+def quiet_instant(
+    length: float, providers: Sequence[str] | None = None
+) -> Callable[[FleetController], float]:
+    """Halfway through a run of *length* s, or another instant at least 1.5 s from any first renewal.
+
+    Only the cells of *providers* count (``None``: every cell).
+    """
+
+    def when(controller: FleetController) -> float:
+        wanted = length / 2
+        busy = controller.next_refresh(None if providers is None else (lambda n: group_of(n) in providers))
+        for candidate in (wanted, wanted * 0.6, wanted * 1.3, wanted * 0.4):
+            if all(abs(t - candidate) > 1.5 for t in busy):
+                return candidate
+        return wanted
 
     return when
 
@@ -605,23 +652,9 @@ def _revocation_plan(
     scenario: str = "mass-revocation",
 ) -> RunPlan:
     length = opts.length(duration)
+    when = quiet_instant(length)
 
-    def when(controller: FleetController) -> float:
-        # Halfway, or earlier if a scheduled renewal is due around then.
-        wanted = length / 2
-        busy = controller.next_refresh()
-        for candidate in (wanted, wanted * 0.6, wanted * 1.3, wanted * 0.4):
-            if all(abs(t - candidate) > 1.5 for t in busy):
-                return candidate
-        return wanted
-
-    def actions(ctx: Ctx) -> list[Action]:
-        def act(controller: FleetController) -> None:
-            start = controller.elapsed
-            revoked = ctx.emu.revoke_tokens()
-            controller.notes.append({"kind": "revocation", "start": round(start, 3), "revoked": revoked})
-
-        return [(when, act)]
+    actions = _revoke_everything(when)
 
     def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
         note = next((n for n in result.notes if n.get("kind") == "revocation"), None)
@@ -990,16 +1023,23 @@ def _measured(name: str, detail: str) -> Check:
     return Check(f"{name} (informational)", True, detail)
 
 
+def fleet_pacing(opts: Options, workers: int, providers: Sequence[str]) -> float:
+    """The pause after each call so that the fleet offers ``--fleet-rate`` calls/s in all.
+
+    Paced so that W processes do not saturate the machine (a starved event loop makes every
+    Redis round trip late, which is the store's fault path, not what the steady runs are about).
+    """
+    tasks = workers * len(providers) * opts.tasks
+    return tasks / opts.fleet_rate if opts.fleet_rate > 0 else 0.0
+
+
 def fleet(opts: Options) -> list[RunPlan]:
     """W worker processes × every provider, without and with a shared Redis store, then the same against
     providers that revoke a client's previous tokens when they issue a new one."""
     length = opts.length(30)
     workers = opts.fleet_workers
     providers = ALL_PROVIDERS
-    # Paced so that W processes do not saturate the machine (a starved event loop makes every
-    # Redis round trip late, which is the store's fault path, not what this scenario is about).
-    tasks = workers * len(providers) * opts.tasks
-    think = tasks / opts.fleet_rate if opts.fleet_rate > 0 else 0.0
+    think = fleet_pacing(opts, workers, providers)
 
     def revoke_everywhere(emu: EmulatorProcess) -> None:
         for provider in providers:
@@ -1099,6 +1139,700 @@ def fleet(opts: Options) -> list[RunPlan]:
 
 
 # =============================================================================================
+# The fleet tier under faults: Redis killed, a lease holder killed, Redis slow, mass revocation
+# =============================================================================================
+
+#: Lifetime of the fleet-faults runs that need every provider to renew during a fault (s):
+#: renewals every ~r·L = 4.8 s, so a 5 s outage meets each provider's.
+FLEET_FAULT_LIFETIME = 6
+#: The store's default deadline per Redis round trip (``RedisStore(operation_timeout=…)``).
+STORE_OPERATION_TIMEOUT = 0.05
+#: The default poll interval of a process waiting for another's lease.
+STORE_POLL_INTERVAL = 0.05
+#: The key prefix every pool uses (``RedisStore(key_prefix=…)`` default).
+STORE_KEY_PREFIX = "tokenpool"
+#: Slack for scheduling on a loaded machine, added to a bound on a measured time (s).
+SCHEDULING_SLACK = 0.1
+
+#: The runs of the fleet-faults scenario, in order.
+FLEET_FAULT_RUNS = (
+    "fleet-faults-redis-killed",
+    "fleet-faults-lease-holder-killed",
+    "fleet-faults-redis-slow",
+    "fleet-faults-mass-revocation",
+)
+
+
+def lease_owner_pid(owner: str | None) -> int | None:
+    """The process id at the head of a lease owner string ``"<pid>-<random hex>"`` (``None``: none there)."""
+    if not owner:
+        return None
+    head, sep, tail = owner.partition("-")
+    if not sep or not tail or not head.isascii() or not head.isdigit():
+        return None
+    pid = int(head)
+    return pid if pid > 0 else None
+
+
+def lease_key(spec: ProviderSpec, prefix: str = STORE_KEY_PREFIX) -> str | None:
+    """The Redis key of *spec*'s refresh lease, as the workers' stores name it (``None``: unknown)."""
+    try:
+        from tokenpool._fleet import build_provider
+        from tokenpool.fleet._codec import keys_for
+
+        return keys_for(build_provider(spec), prefix).lease
+    except Exception:
+        return None
+
+
+def provider_requests(ctx: Ctx, provider: str, start: float, end: float) -> list[float]:
+    """Offsets of the token requests the emulator received for *provider* in [start, end]."""
+    return [t for t in ctx.events("token_request", provider) if start <= t <= end]
+
+
+def _store_sum(result: FleetResult, *outcomes: str, provider: str | None = None) -> int:
+    return sum(
+        int(counts.get(outcome, 0))
+        for name, counts in result.store.items()
+        if provider is None or name == provider
+        for outcome in outcomes
+    )
+
+
+def _workers_recovered(result: FleetResult) -> Check:
+    """Every surviving worker counted ``recovered`` at least once: it went back to the store."""
+    back = [w.index for w in result.workers if sum(c.get("recovered", 0) for c in w.store.values()) > 0]
+    stuck = [w.index for w in result.workers if w.index not in back]
+    return Check(
+        "every worker went back to the store (recovered ≥ 1 in each)",
+        bool(result.workers) and not stuck,
+        f"{len(back)}/{len(result.workers)} workers recovered"
+        + (f"; not: {stuck}" if stuck else "")
+        + f"; recovered {_store_sum(result, 'recovered')} in all",
+    )
+
+
+def _store_faults_met(result: FleetResult, providers: Sequence[str]) -> Check:
+    """Store faults were seen (errors) and every provider's fetches went around Redis (fallback/deferred)."""
+    per = {p: _store_sum(result, "fallback", "deferred", provider=p) for p in providers}
+    errors = _store_sum(result, "error")
+    missed = [p for p, n in per.items() if n == 0]
+    return Check(
+        "store faults met and gone around: errors ≥ 1, and fallback (or deferred) ≥ 1 for every provider",
+        errors > 0 and not missed,
+        f"errors {errors}; fallback+deferred per provider: " + ", ".join(f"{p} {n}" for p, n in per.items()),
+    )
+
+
+def _note(result: FleetResult, kind: str) -> dict[str, Any] | None:
+    return next((n for n in result.notes if n.get("kind") == kind), None)
+
+
+def _errors_of_actions(result: FleetResult) -> Check:
+    errors = [f"{n.get('label', n['kind'])}: {n['error']}" for n in result.notes if n.get("error")]
+    return Check("the fault actions ran", not errors, "; ".join(errors) or "every action ran")
+
+
+def fault_figures(ctx: Ctx, result: FleetResult) -> dict[str, Any]:
+    """The fleet figures, plus the fault runs' own: killed workers, fault notes, store totals."""
+    figures = fleet_figures(ctx, result)
+    figures["killed_workers"] = result.killed_workers
+    figures["faults"] = [n for n in result.notes if n.get("kind") in ("fault", "revocation", "lease-kill")]
+    wait = result.total.token_wait
+    figures["token_wait_max_ms"] = round(wait.max * 1e3, 3)
+    if result.killed_workers:
+        figures["line"] += "; killed by the harness: " + ", ".join(
+            f"worker {k['worker']} (pid {k['pid']}) at {k['at']:.2f} s" for k in result.killed_workers
+        )
+    return figures
+
+
+def _fault_fleet_plan(
+    opts: Options,
+    *,
+    scenario: str,
+    title: str,
+    expectation: str,
+    duration: float,
+    lifetime: int,
+    actions: Callable[[Ctx], list[Action]],
+    checks: Callable[[Ctx, FleetResult], list[Check]],
+    store_options: dict[str, Any],
+    proxy: bool = False,
+) -> RunPlan:
+    workers = opts.fleet_workers
+    return RunPlan(
+        scenario=scenario,
+        title=title,
+        expectation=expectation,
+        providers=ALL_PROVIDERS,
+        tenants=1,
+        duration=opts.length(duration),
+        lifetimes=lambda emu: fixed_lifetimes(emu, ALL_PROVIDERS, lifetime),
+        lifetime_scale=0.0,
+        policy=FAULT_POLICY,
+        actions=actions,
+        checks=checks,
+        group="fleet-faults",
+        workers=workers,
+        store=True,
+        store_options=tuple(store_options.items()),
+        store_proxy=proxy,
+        summary=fault_figures,
+        think_time=fleet_pacing(opts, workers, ALL_PROVIDERS),
+    )
+
+
+def _redis_killed(opts: Options) -> RunPlan:
+    length = opts.length(30)
+    lifetime = FLEET_FAULT_LIFETIME
+    # No window to sit out: the first fetch after the restart uses the store again.
+    retry = 0.0
+    kill_at = round(0.3 * length, 2)
+    outage = round(min(5.0, 0.2 * length), 2)
+    policy = FAULT_POLICY
+    cycle = policy.ratio * lifetime
+
+    def actions(ctx: Ctx) -> list[Action]:
+        note: dict[str, Any] = {"kind": "fault", "label": "redis-server SIGKILLed", "providers": []}
+
+        def kill(controller: FleetController) -> None:
+            note["start"] = note["end"] = round(controller.elapsed, 3)
+            controller.notes.append(note)
+            try:
+                assert ctx.redis is not None
+                ctx.redis.kill()
+            except (AssertionError, OSError, RuntimeError) as exc:
+                note["error"] = f"kill: {type(exc).__name__}: {exc}"
+
+        def restart(controller: FleetController) -> None:
+            began = controller.elapsed
+            try:
+                assert ctx.redis is not None
+                ctx.redis.restart()
+            except (AssertionError, OSError, RuntimeError) as exc:
+                note["error"] = f"restart: {type(exc).__name__}: {exc}"
+            note["end"] = round(controller.elapsed, 3)
+            note["restart_took_s"] = round(controller.elapsed - began, 3)
+            note["port"] = None if ctx.redis is None else ctx.redis.port
+
+        def snapshot(controller: FleetController) -> None:
+            # Shared tokens in the restarted (empty) server: published after the restart.
+            try:
+                assert ctx.redis is not None
+                keys = ctx.redis.keys(f"{STORE_KEY_PREFIX}:*:token")
+            except (AssertionError, OSError, RuntimeError) as exc:
+                keys = []
+                note["error"] = f"snapshot: {type(exc).__name__}: {exc}"
+            # "at", not "start": the plots draw a line at every note with a start.
+            controller.notes.append(
+                {"kind": "redis-keys", "at": round(controller.elapsed, 3), "tokens": len(keys)}
+            )
+
+        return [(kill_at, kill), (kill_at + outage, restart), (max(kill_at + outage, length - 0.5), snapshot)]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = basic_checks(result)
+        note = fault_note(result)
+        keys = _note(result, "redis-keys")
+        if note is None or "restart_took_s" not in note:
+            out.append(Check("redis-server killed and restarted", False, "did not happen (run too short?)"))
+            return out
+        start, end = float(note["start"]), float(note["end"])
+        out.append(_errors_of_actions(result))
+        out.append(
+            Check(
+                "redis-server killed and restarted on the same port",
+                "error" not in note and ctx.redis is not None and ctx.redis.port == note.get("port"),
+                f"SIGKILL at {start:.2f} s, back at {end:.2f} s on port {note.get('port')} "
+                f"(restart took {note['restart_took_s']:.2f} s)",
+            )
+        )
+        out.append(_store_faults_met(result, ctx.plan.providers))
+        out.append(_workers_recovered(result))
+        providers = list(ctx.plan.providers)
+        tokens = int(keys["tokens"]) if keys is not None else 0
+        out.append(
+            Check(
+                "tokens shared again after the restart (one per client in the restarted, empty Redis)",
+                tokens >= len(providers),
+                f"{tokens} shared tokens in Redis at {keys['at'] if keys else '?'} s, "
+                f"{len(providers)} clients",
+            )
+        )
+        # One renewal cycle after Redis is back, the fleet is back to one token
+        # request per client and renewal.
+        settle = end + retry + cycle + policy.jitter * lifetime + 0.5
+        last = result.duration
+        during = {p: len(provider_requests(ctx, p, start, end + retry)) for p in providers}
+        if last - settle >= 1.0:
+            ideal = ideal_requests([(settle, float(lifetime))], settle, last, policy.ratio)
+            after = {p: len(provider_requests(ctx, p, settle, last)) for p in providers}
+            over = [f"{p} {n}" for p, n in after.items() if n > ideal + 1]
+            out.append(
+                Check(
+                    f"back to one token per client: token requests at the provider per client ≤ ideal + 1 "
+                    f"from {settle:.1f} s to the end",
+                    not over,
+                    f"ideal {ideal} over {last - settle:.1f} s (W × ideal {ctx.workers * ideal}); "
+                    + ", ".join(f"{p} {n}" for p, n in after.items()),
+                )
+            )
+        else:
+            out.append(
+                Check(
+                    "back to one token per client after the restart",
+                    False,
+                    f"the run ends {last - settle:.1f} s after the fleet settles: too short",
+                )
+            )
+        out.append(
+            _measured(
+                "token requests at the provider per client from the kill to the restart",
+                ", ".join(f"{p} {n}" for p, n in during.items()) + f" (W = {ctx.workers})",
+            )
+        )
+        return out
+
+    return _fault_fleet_plan(
+        opts,
+        scenario="fleet-faults-redis-killed",
+        title=f"redis-server SIGKILLed {kill_at:g} s into the load, restarted on the same port "
+        f"{outage:g} s later",
+        expectation="0 failed calls, 0 final 401s; store errors and fallback during the outage; every worker "
+        "back on the store afterwards (recovered), every client's token shared again in the restarted "
+        "Redis, and token requests per client back to ≤ ideal + 1 one renewal cycle after the store is "
+        "retried",
+        duration=30,
+        lifetime=lifetime,
+        actions=actions,
+        checks=checks,
+        store_options={},
+    )
+
+
+def _lease_holder_killed(opts: Options) -> RunPlan:
+    provider = "generic"
+    length = opts.length(25)
+    policy = FAULT_POLICY
+    lease_ttl = policy.request_timeout  # the documented floor: at least the request timeout
+    latency = policy.request_timeout + 1.0
+    slow_for = 1.0  # only the first token request (the lease holder's) meets the latency
+    search = 5.0  # how long to look for the lease holder before giving up
+    when = quiet_instant(length, [provider])
+
+    def actions(ctx: Ctx) -> list[Action]:
+        spec = next((s for s in ctx.specs if s.group == provider), None)
+        key = None if spec is None else lease_key(spec)
+        state: dict[str, Any] = {}
+
+        def revoke(controller: FleetController) -> None:
+            # For the fallback when the owner carries no pid: each worker's lease_won so far.
+            state["baseline"] = controller.broadcast("store_counts")
+            ctx.emu.fault(provider, latency=latency, duration=slow_for)
+            revoked = ctx.emu.revoke_tokens(provider)
+            state["start"] = controller.elapsed
+            controller.notes.append(
+                {
+                    "kind": "revocation",
+                    "label": f"{provider} tokens revoked, its token endpoint {latency:g} s slow",
+                    "providers": [provider],
+                    "start": round(state["start"], 3),
+                    "revoked": revoked,
+                }
+            )
+            controller.after(0.0, look)
+
+        def give_up(controller: FleetController, why: str) -> None:
+            controller.notes.append(
+                {
+                    "kind": "lease-kill",
+                    "label": "lease holder",
+                    "start": round(controller.elapsed, 3),
+                    "error": why,
+                }
+            )
+
+        def look(controller: FleetController) -> None:
+            if key is None:
+                give_up(controller, f"cannot name {provider}'s lease key (tokenpool.fleet._codec.keys_for)")
+                return
+            if controller.elapsed - state["start"] > search:
+                give_up(controller, f"no lease holder found within {search:g} s")
+                return
+            try:
+                assert ctx.redis is not None
+                leases = ctx.redis.keys(f"{STORE_KEY_PREFIX}:*:lease")
+                found = key if key in leases else None
+                owner = None if found is None else ctx.redis.get(found)
+                pttl = -2 if found is None else ctx.redis.pttl(found)
+                in_flight = int(
+                    ctx.emu.stats(events=False)["providers"][provider]["token_requests_in_flight"]
+                )
+            except (AssertionError, OSError, RuntimeError) as exc:
+                give_up(controller, f"{type(exc).__name__}: {exc}")
+                return
+            if found is None or owner is None or pttl <= 0 or in_flight < 1:
+                controller.after(0.02, look)
+                return
+            pid = lease_owner_pid(owner)
+            worker = None if pid is None else controller.worker_of(pid)
+            found_at = controller.elapsed
+            detail = {
+                "lease_found_at": round(found_at, 3),
+                "lease_expires_at": round(found_at + pttl / 1000, 3),
+                "in_flight": in_flight,
+                "owner_pid": pid,
+            }
+            if worker is not None:
+                kill(controller, worker, "the lease owner's pid", detail)
+                return
+            # The owner string has no pid of ours: ask every worker for its lease_won instead.
+            state["detail"] = detail
+            state["query"] = controller.broadcast("store_counts")
+            controller.after(0.3, by_counts)
+
+        def by_counts(controller: FleetController) -> None:
+            before = _lease_won(controller.replies.get(state["baseline"], []), provider)
+            after = _lease_won(controller.replies.get(state["query"], []), provider)
+            won = [w for w, n in after.items() if n > before.get(w, 0)]
+            if len(won) != 1:
+                give_up(controller, f"lease owner has no pid and {len(won)} workers won a {provider} lease")
+                return
+            kill(controller, won[0], "the worker whose lease_won grew", state["detail"])
+
+        def kill(controller: FleetController, worker: int, method: str, detail: dict[str, Any]) -> None:
+            killed = controller.kill_worker(
+                worker, f"held the {provider} lease with its token request in flight (by design)"
+            )
+            controller.notes.append(
+                {
+                    "kind": "lease-kill",
+                    "label": f"{provider} lease holder SIGKILLed",
+                    "start": round(controller.elapsed, 3),
+                    "worker": worker,
+                    "pid": controller.pids.get(worker),
+                    "found_by": method,
+                    **detail,
+                    **({} if killed else {"error": f"worker {worker} was not alive"}),
+                }
+            )
+
+        return [(when, revoke)]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = basic_checks(result)
+        revocation = _note(result, "revocation")
+        note = _note(result, "lease-kill")
+        if revocation is None or note is None:
+            out.append(Check("lease holder killed", False, "did not happen (run too short?)"))
+            return out
+        out.append(_errors_of_actions(result))
+        killed = result.killed_workers
+        kill_at = float(note["start"])
+        out.append(
+            Check(
+                "the lease holder was found in Redis and SIGKILLed mid-request",
+                "error" not in note and len(killed) == 1 and killed[0]["worker"] == note.get("worker"),
+                f"lease of {provider} held by pid {note.get('owner_pid')} (worker {note.get('worker')}, "
+                f"found by {note.get('found_by')}), {note.get('in_flight')} token request(s) in flight "
+                f"at the emulator; killed at {kill_at:.2f} s; killed workers {[k['worker'] for k in killed]}"
+                if "error" not in note
+                else str(note["error"]),
+            )
+        )
+        if "error" in note:
+            return out
+        expires = float(note["lease_expires_at"])
+        shortest = min(ctx.lifetimes.get(p, FAULT_LIFETIME) for p in ctx.plan.providers)
+        stop = float(revocation["start"]) + 0.7 * shortest
+        after = provider_requests(ctx, provider, kill_at, stop)
+        before = provider_requests(ctx, provider, float(revocation["start"]), kill_at)
+        limit = expires + STORE_POLL_INTERVAL + 0.5
+        out.append(
+            Check(
+                f"another process fetched within the lease TTL ({lease_ttl:g} s): the first token request "
+                f"after the kill ≤ lease expiry + poll interval + 0.5 s",
+                bool(after) and after[0] <= limit,
+                (
+                    f"first request {after[0] - kill_at:.2f} s after the kill, "
+                    f"{after[0] - expires:+.2f} s from the lease's expiry"
+                    if after
+                    else "no token request after the kill"
+                )
+                + f" (lease expired {expires - kill_at:.2f} s after the kill)",
+            )
+        )
+        out.append(
+            Check(
+                f"one token request for the whole fleet after the holder died (until {stop:.1f} s)",
+                len(after) == 1,
+                f"{len(after)} after the kill, {len(before)} between the revocation and the kill "
+                "(the holder's)",
+            )
+        )
+        cells = result.cells(provider)
+        wrong = [
+            f"worker {c['worker']}: {len(requests_in(c, float(revocation['start']), stop))}"
+            for c in cells
+            if len(requests_in(c, float(revocation["start"]), stop)) != 1
+        ]
+        out.append(
+            Check(
+                "every surviving worker got exactly one new token (adopted, or the takeover's own fetch)",
+                bool(cells) and not wrong,
+                f"{len(cells)} cells; " + ("; ".join(wrong[:5]) if wrong else "one each"),
+            )
+        )
+        group = result.groups.get(provider)
+        out.append(
+            _measured(
+                f"{provider} callers' wait through the dead holder's lease",
+                "n/a"
+                if group is None
+                else f"token wait max {group.token_wait.max:.2f} s, "
+                f"p99 {group.token_wait.percentile(99) * 1e3:.1f} ms; "
+                f"{group.recovered_401} calls retried after the 401",
+            )
+        )
+        return out
+
+    return _fault_fleet_plan(
+        opts,
+        scenario="fleet-faults-lease-holder-killed",
+        title=f"{provider}'s tokens revoked with its token endpoint {latency:g} s slow; the worker holding "
+        "the refresh lease (pid read from the lease in Redis) SIGKILLed while its request is in flight",
+        expectation=f"another process takes the lease over once it expires (lease_ttl {lease_ttl:g} s) and "
+        "fetches: exactly one token request for the fleet after the kill, every surviving worker gets one "
+        "new token, 0 failed calls and 0 final 401s among the surviving workers (the killed worker's "
+        "results are missing by design)",
+        duration=25,
+        lifetime=FAULT_LIFETIME,
+        actions=actions,
+        checks=checks,
+        store_options={"lease_ttl": lease_ttl},
+    )
+
+
+def _lease_won(replies: Sequence[str], provider: str) -> dict[int, int]:
+    """``{worker: lease_won}`` from ``"worker 3: {json}"`` replies to ``store_counts``."""
+    import json
+
+    out: dict[int, int] = {}
+    for reply in replies:
+        head, _, body = reply.partition(": ")
+        try:
+            worker = int(head.removeprefix("worker "))
+            counts = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(counts, dict):
+            out[worker] = int((counts.get(provider) or {}).get("lease_won", 0))
+    return out
+
+
+def _redis_slow(opts: Options) -> RunPlan:
+    length = opts.length(30)
+    lifetime = FLEET_FAULT_LIFETIME
+    deadline = STORE_OPERATION_TIMEOUT
+    delay = 0.2  # per chunk, each way: a round trip takes ≥ 0.4 s, 8× the deadline
+    slow_at = round(0.25 * length, 2)
+    slow_for = float(lifetime)  # every provider renews at least once while it is slow
+    stall_for = round(min(4.0, 0.15 * length), 2)
+
+    def actions(ctx: Ctx) -> list[Action]:
+        slow: dict[str, Any] = {
+            "kind": "fault",
+            "label": f"Redis +{delay * 1e3:.0f} ms per chunk",
+            "providers": [],
+        }
+        stall: dict[str, Any] = {"kind": "fault", "label": "Redis stalled", "providers": []}
+
+        def start_slow(controller: FleetController) -> None:
+            slow["start"] = slow["end"] = round(controller.elapsed, 3)
+            controller.notes.append(slow)
+            if ctx.proxy is None:
+                slow["error"] = "no proxy"
+                return
+            ctx.proxy.set_latency(delay)
+
+        def start_stall(controller: FleetController) -> None:
+            slow["end"] = stall["start"] = stall["end"] = round(controller.elapsed, 3)
+            controller.notes.append(stall)
+            if ctx.proxy is not None:
+                ctx.proxy.set_latency(0.0)
+                ctx.proxy.stall()
+
+        def resume(controller: FleetController) -> None:
+            stall["end"] = round(controller.elapsed, 3)
+            if ctx.proxy is not None:
+                ctx.proxy.resume()
+                stall["proxy"] = {
+                    "connections": ctx.proxy.connections,
+                    "delayed_chunks": ctx.proxy.delayed,
+                    "held_chunks": ctx.proxy.held,
+                }
+
+        return [
+            (slow_at, start_slow),
+            (slow_at + slow_for, start_stall),
+            (slow_at + slow_for + stall_for, resume),
+        ]
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = basic_checks(result)
+        stall = next((n for n in result.notes if n.get("label") == "Redis stalled"), None)
+        if stall is None or "proxy" not in stall:
+            out.append(Check("Redis slowed and stalled", False, "did not happen (run too short?)"))
+            return out
+        out.append(_errors_of_actions(result))
+        proxy = stall["proxy"]
+        out.append(
+            Check(
+                "Redis was slowed, then stalled, through the proxy",
+                proxy["delayed_chunks"] > 0 and proxy["held_chunks"] > 0,
+                f"{proxy['delayed_chunks']} chunks delayed by {delay * 1e3:.0f} ms, {proxy['held_chunks']} "
+                f"held by the stall, over {proxy['connections']} connections",
+            )
+        )
+        out.append(_store_faults_met(result, ctx.plan.providers))
+        wait = result.total.token_wait
+        bound = deadline + SCHEDULING_SLACK
+        out.append(
+            Check(
+                f"no caller waited on the slow store: token wait max ≤ operation_timeout "
+                f"({deadline * 1e3:.0f} ms) + {SCHEDULING_SLACK * 1e3:.0f} ms scheduling slack",
+                wait.max <= bound,
+                f"token wait max {wait.max * 1e3:.1f} ms, p99 {wait.percentile(99) * 1e3:.3f} ms over "
+                f"{wait.count:,} calls (renewals run ahead of expiry: callers should never meet the store)",
+            )
+        )
+        out.append(
+            Check(
+                f"token wait p99 ≤ operation_timeout ({deadline * 1e3:.0f} ms)",
+                wait.percentile(99) <= deadline,
+                f"p99 {wait.percentile(99) * 1e3:.3f} ms",
+            )
+        )
+        out.append(_workers_recovered(result))
+        out.append(
+            _measured(
+                "token request (refresh) latency max per provider, store time included",
+                ", ".join(f"{g} {r.refresh_latency.max * 1e3:.0f} ms" for g, r in result.groups.items()),
+            )
+        )
+        return out
+
+    return _fault_fleet_plan(
+        opts,
+        scenario="fleet-faults-redis-slow",
+        title=f"Redis behind a proxy: +{delay * 1e3:.0f} ms per chunk for {slow_for:g} s (above the "
+        f"{deadline * 1e3:.0f} ms deadline), then stalled for {stall_for:g} s",
+        expectation=f"0 failed calls, 0 final 401s; store errors and fallback for every provider; token wait "
+        f"max ≤ operation_timeout + {SCHEDULING_SLACK * 1e3:.0f} ms slack and p99 ≤ operation_timeout (no "
+        "caller waits on the slow store); every worker back on the store after the stall",
+        duration=30,
+        lifetime=lifetime,
+        actions=actions,
+        checks=checks,
+        store_options={},
+        proxy=True,
+    )
+
+
+def _mass_revocation_store(opts: Options) -> RunPlan:
+    length = opts.length(25)
+    when = quiet_instant(length)
+
+    actions = _revoke_everything(when)
+
+    def checks(ctx: Ctx, result: FleetResult) -> list[Check]:
+        out = basic_checks(result)
+        note = _note(result, "revocation")
+        if note is None:
+            out.append(Check("revocation happened", False, "never revoked (run too short?)"))
+            return out
+        start = float(note["start"])
+        shortest = min(ctx.lifetimes.get(p, FAULT_LIFETIME) for p in ctx.plan.providers)
+        # Until the new tokens' own renewals (≥ (r − jitter)·L later).
+        stop = start + 0.7 * shortest
+        per = {p: len(provider_requests(ctx, p, start, stop)) for p in ctx.plan.providers}
+        wrong = [f"{p} {n}" for p, n in per.items() if n != 1]
+        cells = result.cells()
+        # One each; two where a scheduled renewal was in flight when the 401 came: the cell
+        # then asks once more, after the 401 (its answer may predate the revocation), and
+        # through the store that second fetch adopts the fleet's token (no token request:
+        # the check above counts those at the provider).
+        taken = {f"worker {c['worker']} {c['cell']}": len(requests_in(c, start, stop)) for c in cells}
+        bad_cells = [f"{cell}: {n}" for cell, n in taken.items() if n not in (1, 2)]
+        twice = sorted(cell for cell, n in taken.items() if n == 2)
+        fenced = {p: _store_sum(result, "fenced", provider=p) for p in ctx.plan.providers}
+        out.extend(
+            [
+                Check(
+                    "revocation hit live tokens",
+                    int(note["revoked"]) > 0,
+                    f"{note['revoked']} live tokens revoked at {start:.2f} s",
+                ),
+                Check(
+                    f"exactly one token request per client for the whole fleet after the revocation "
+                    f"(at the provider, until {stop:.1f} s)",
+                    not wrong,
+                    ", ".join(f"{p} {n}" for p, n in per.items()) + f" (W = {ctx.workers})",
+                ),
+                Check(
+                    "every (worker, cell) took one new token (fetched or adopted), or two when a renewal "
+                    "was in flight at the 401",
+                    bool(cells) and not bad_cells,
+                    f"{len(cells)} cells; "
+                    + (
+                        "; ".join(bad_cells[:5])
+                        if bad_cells
+                        else f"one each, two in {len(twice)}"
+                        + (f" ({', '.join(twice[:5])})" if twice else "")
+                    ),
+                ),
+                Check(
+                    "every call succeeded after at most one retry",
+                    result.total.recovered_401 > 0 and result.total.unauthorized == 0,
+                    f"{result.total.recovered_401} calls retried once after a 401 and succeeded",
+                ),
+                _measured(
+                    "revoked shared tokens fenced (deleted from Redis after a 401)",
+                    ", ".join(f"{p} {n}" for p, n in fenced.items()),
+                ),
+            ]
+        )
+        return out
+
+    return _fault_fleet_plan(
+        opts,
+        scenario="fleet-faults-mass-revocation",
+        title="Every issued token revoked mid-run, every pool with the store",
+        expectation="exactly one token request per client for the whole fleet caused by the revocation "
+        "(counted at the provider), one new token per (worker, cell) (two where a renewal was in "
+        "flight at the 401, the second adopted), 0 failed calls, 0 final 401s",
+        duration=25,
+        lifetime=FAULT_LIFETIME,
+        actions=actions,
+        checks=checks,
+        store_options={},
+    )
+
+
+def fleet_faults(opts: Options) -> list[RunPlan]:
+    """W worker processes × every provider, every pool with the store, one fault per run:
+    Redis killed and restarted, the lease holder killed mid-request, Redis slow then stalled,
+    every token revoked."""
+    return [
+        _redis_killed(opts),
+        _lease_holder_killed(opts),
+        _redis_slow(opts),
+        _mass_revocation_store(opts),
+    ]
+
+
+# =============================================================================================
 # Peers
 # =============================================================================================
 
@@ -1188,6 +1922,7 @@ SCENARIOS: dict[str, Callable[[Options], list[RunPlan]]] = {
     "navro-secret-reset": navro_secret_reset,
     "zertiban-shrink": zertiban_shrink,
     "fleet": fleet,
+    "fleet-faults": fleet_faults,
     "peers": peers,
 }
 
@@ -1197,7 +1932,7 @@ def plans_for(names: Sequence[str], opts: Options) -> list[RunPlan]:
     for name in names:
         plans.extend(SCENARIOS[name](opts))
     for plan in plans:
-        if plan.group not in ("peers", "fleet"):
+        if plan.group not in ("peers", "fleet", "fleet-faults"):
             plan.tenants = opts.tenants
     return plans
 

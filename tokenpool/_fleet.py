@@ -4,9 +4,11 @@ A *fleet run* starts W worker **processes** (multiprocessing ``spawn``); each
 one opens an HTTP client and an auth strategy (a :class:`TokenPool` by
 default) for its whole life and runs C concurrent tasks per provider, each
 looping real resource calls against the loopback emulator until a call count
-or a deadline ends it.  Workers stream progress to the parent over a
-``multiprocessing`` queue and send one :class:`WorkerResult` at the end over
-their pipe; the parent merges them into a :class:`FleetResult`.
+or a deadline ends it.  Workers stream progress snapshots to the parent and
+send one :class:`WorkerResult` at the end, each over its own pipe (nothing is
+shared between workers, so one that dies, or is killed on purpose by a
+scenario, cannot block the others); the parent merges them into a
+:class:`FleetResult`.
 
 Things a reader of the figures should know:
 
@@ -40,6 +42,11 @@ fetches, not requests at the provider: count those at the emulator.  Each
 worker reports its ``tokenpool_store_operations_total`` counters
 (``WorkerResult.store``).
 
+Killed workers.  A scenario action may SIGKILL a worker on purpose
+(:meth:`FleetController.kill_worker`, by the process's own handle): its
+results are missing by design, and the fleet result lists it under
+``killed_workers`` (who, when, why), not as an error or a missing worker.
+
 Everything binds to or targets 127.0.0.1 only: :func:`emulator_specs` refuses
 any other host, and so does ``FleetSettings`` for the store.
 """
@@ -47,14 +54,16 @@ any other host, and so does ``FleetSettings`` for the store.
 from __future__ import annotations
 
 import abc
+import bisect
 import contextlib
 import contextvars
 import dataclasses
 import importlib
+import itertools
+import json
 import math
 import multiprocessing
 import os
-import queue as queue_module
 import signal
 import ssl
 import sys
@@ -722,6 +731,10 @@ class TokenPoolStrategy(AuthStrategy):
     Options (``StrategySpec.options``): ``warm_up`` (default ``"wait"``),
     ``metrics`` (default ``True``: a private Prometheus registry, so the
     counting cost is paid as in production).
+
+    Control commands: ``replace_credentials`` (``group``, ``client_secret``:
+    swap the secret in the running pool) and ``store_counts`` (the fleet-store
+    outcomes so far, as JSON).
     """
 
     label = "tokenpool"
@@ -840,6 +853,10 @@ class TokenPoolStrategy(AuthStrategy):
                     errors.append(f"{name}: {type(exc).__name__}: {exc}")
             status = f"replaced {len(names) - len(errors)}/{len(names)}"
             return status + (f" ({'; '.join(errors)})" if errors else "")
+        if command == "store_counts":
+            # The fleet-store outcomes so far, as JSON: a scenario tells which worker
+            # won a lease by the change in its ``lease_won``.
+            return json.dumps(self.store_events(), sort_keys=True)
         return await super().control(command, payload)
 
     def log_events(self) -> dict[str, int]:
@@ -982,6 +999,9 @@ class FleetResult:
     duration: float
     interrupted: bool = False
     missing_workers: list[int] = field(default_factory=list)
+    #: Workers a scenario killed on purpose (``{"worker", "pid", "at", "reason", "exitcode"}``):
+    #: their results are missing by design; not errors, not missing workers.
+    killed_workers: list[dict[str, Any]] = field(default_factory=list)
     #: Monotonic instant of the start of the load (offsets in the result count from here).
     started: float = 0.0
     notes: list[dict[str, Any]] = field(default_factory=list)
@@ -1029,6 +1049,7 @@ class FleetResult:
             "duration_s": round(self.duration, 3),
             "interrupted": self.interrupted,
             "missing_workers": self.missing_workers,
+            "killed_workers": self.killed_workers,
             "errors": self.errors,
             "providers": {
                 name: _group_json(g, self.duration, self.per_worker(name)) for name, g in groups.items()
@@ -1105,7 +1126,7 @@ class _Live:
     wait_max: float = 0.0
 
 
-def _worker_main(index: int, conn: Connection, progress: Any) -> None:
+def _worker_main(index: int, conn: Connection) -> None:
     """Entry point of a worker process (spawned)."""
     # The parent coordinates shutdown (Ctrl-C reaches the whole process group);
     # a worker stops when told to over its pipe, and sends what it measured.
@@ -1117,7 +1138,7 @@ def _worker_main(index: int, conn: Connection, progress: Any) -> None:
     settings: FleetSettings = message[1]
     result = WorkerResult(index=index, pid=os.getpid(), strategy=settings.strategy.label)
     try:
-        anyio.run(_Worker(index, settings, conn, progress, result).run, backend="asyncio")
+        anyio.run(_Worker(index, settings, conn, result).run, backend="asyncio")
     except BaseException as exc:
         result.error = f"{type(exc).__name__}: {_short_error(exc)}"
         if os.environ.get("TOKENPOOL_FLEET_DEBUG"):
@@ -1134,13 +1155,10 @@ def _short_error(exc: BaseException) -> str:
 
 
 class _Worker:
-    def __init__(
-        self, index: int, settings: FleetSettings, conn: Connection, progress: Any, result: WorkerResult
-    ) -> None:
+    def __init__(self, index: int, settings: FleetSettings, conn: Connection, result: WorkerResult) -> None:
         self.index = index
         self.settings = settings
         self.conn = conn
-        self.progress = progress
         self.result = result
         self.live = _Live()
         self.stopping = False
@@ -1230,8 +1248,10 @@ class _Worker:
             sum(strategy.token_requests().values()),
             live.wait_max,
         )
-        with contextlib.suppress(Exception):
-            self.progress.put_nowait(snapshot)
+        # Over the worker's own pipe: a shared queue's lock could be held by a worker
+        # that a scenario kills, and would then block every other worker's progress.
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("progress", snapshot))
 
     async def _task(
         self, strategy: AuthStrategy, slots: anyio.Semaphore, group: str, specs: list[ProviderSpec], task: int
@@ -1372,10 +1392,17 @@ def _delta(now: Mapping[str, Any], before: Mapping[str, Any], key: str) -> int |
 
 
 class FleetController:
-    """What scenario actions can do while a fleet runs (in the parent process)."""
+    """What scenario actions can do while a fleet runs (in the parent process).
 
-    def __init__(self, conns: dict[int, Connection]) -> None:
+    Actions run on the parent's loop, between reads of the workers' pipes, so
+    they should be quick; one that needs to wait for something (a key in
+    Redis, a worker's reply) schedules a follow-up with :meth:`at` instead of
+    sleeping.
+    """
+
+    def __init__(self, conns: dict[int, Connection], procs: Mapping[int, BaseProcess] | None = None) -> None:
         self._conns = conns
+        self._procs: Mapping[int, BaseProcess] = procs if procs is not None else {}
         self._next = 0
         self.replies: dict[int, list[str]] = {}
         self.started = 0.0
@@ -1384,6 +1411,10 @@ class FleetController:
         self._schedules: dict[int, dict[str, float]] = {}
         #: Notes the actions leave for the report (fault windows…).
         self.notes: list[dict[str, Any]] = []
+        #: Workers killed on purpose by an action, by index: ``{"worker", "pid", "at", "reason"}``.
+        self.killed: dict[int, dict[str, Any]] = {}
+        self._pending: list[tuple[float, int, Callable[[FleetController], None]]] = []
+        self._order = itertools.count()
 
     def next_refresh(self, cells: Callable[[str], bool] | None = None) -> list[float]:
         """Sorted offsets of the cells' first renewals after the start (``cells`` filters by name)."""
@@ -1393,12 +1424,58 @@ class FleetController:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    @property
+    def pids(self) -> dict[int, int]:
+        """Process id of every worker that was started, by index."""
+        return {index: proc.pid for index, proc in self._procs.items() if proc.pid is not None}
+
+    def worker_of(self, pid: int) -> int | None:
+        """The index of the worker with process id *pid* (``None``: not one of this fleet's workers)."""
+        return next((index for index, p in self.pids.items() if p == pid), None)
+
+    def at(self, offset: float, action: Callable[[FleetController], None]) -> None:
+        """Run *action* once the load is *offset* seconds old (at once if that is past)."""
+        # The counter breaks ties, so actions themselves are never compared.
+        bisect.insort(self._pending, (offset, next(self._order), action))
+
+    def after(self, delay: float, action: Callable[[FleetController], None]) -> None:
+        """Run *action* *delay* seconds from now."""
+        self.at(self.elapsed + max(0.0, delay), action)
+
+    def _due(self) -> list[Callable[[FleetController], None]]:
+        now = self.elapsed
+        due = []
+        while self._pending and self._pending[0][0] <= now:
+            due.append(self._pending.pop(0)[2])
+        return due
+
+    def kill_worker(self, index: int, reason: str) -> bool:
+        """SIGKILL worker *index* by its process handle, on purpose: its results will be missing.
+
+        The run goes on with the others; the result lists the worker under
+        ``killed_workers`` instead of reporting an error.  Returns whether the
+        worker was alive (and is now killed).
+        """
+        proc = self._procs.get(index)
+        if proc is None or index in self.killed or not proc.is_alive():
+            return False
+        self.killed[index] = {
+            "worker": index,
+            "pid": proc.pid,
+            "at": round(self.elapsed, 3),
+            "reason": reason,
+        }
+        proc.kill()
+        return True
+
     def broadcast(self, command: str, **payload: Any) -> int:
-        """Send a control command to every worker; returns its id (replies land in ``replies[id]``)."""
+        """Send a control command to every live worker; returns its id (replies land in ``replies[id]``)."""
         self._next += 1
         ident = self._next
         self.replies[ident] = []
-        for conn in self._conns.values():
+        for index, conn in self._conns.items():
+            if index in self.killed:
+                continue
             with contextlib.suppress(OSError, BrokenPipeError):
                 conn.send(("control", ident, command, payload))
         return ident
@@ -1470,22 +1547,29 @@ def run_fleet(
 
     Ctrl-C (``KeyboardInterrupt``) stops the workers cleanly and returns a
     partial result with ``interrupted=True``; no worker process outlives this
-    call (stragglers are terminated by their own handle).
+    call (stragglers are terminated by their own handle).  A worker an action
+    killed on purpose (:meth:`FleetController.kill_worker`) ends the run for
+    itself only: the result lists it in ``killed_workers``.
     """
     ctx = multiprocessing.get_context("spawn")
-    progress_queue: Any = ctx.Queue()
     procs: dict[int, BaseProcess] = {}
     conns: dict[int, Connection] = {}
     results: dict[int, WorkerResult] = {}
-    controller = FleetController(conns)
+    controller = FleetController(conns, procs)
     interrupted = False
     started = time.monotonic()
+
+    def finished() -> bool:
+        # A worker killed on purpose is done once it is gone (its result, if it
+        # managed to send one, still counts).
+        return all(i in results or (i in controller.killed and not p.is_alive()) for i, p in procs.items())
+
     try:
         for index in range(settings.workers):
             parent_conn, child_conn = ctx.Pipe(duplex=True)
             proc: BaseProcess = ctx.Process(
                 target=_worker_main,
-                args=(index, child_conn, progress_queue),
+                args=(index, child_conn),
                 name=f"tokenpool-fleet-worker-{index}",
                 daemon=True,
             )
@@ -1526,21 +1610,22 @@ def run_fleet(
         for index, schedule in controller._schedules.items():
             for name, instant in schedule.items():
                 controller.refresh_at[(index, name)] = instant - controller.started
-        timed = [(at(controller) if callable(at) else float(at), action) for at, action in actions]
-        pending = sorted(timed, key=lambda a: a[0])
+        for at, action in actions:
+            controller.at(at(controller) if callable(at) else float(at), action)
         end = controller.started + settings.duration + settings.warm_up_timeout + 60.0
-        while len(results) < len(procs):
-            _pump(conns, results, controller, progress_queue, progress)
-            now = time.monotonic()
-            while pending and now - controller.started >= pending[0][0]:
-                _, action = pending.pop(0)
+        while not finished():
+            _pump(conns, results, controller, progress)
+            for action in controller._due():
                 action(controller)
+            now = time.monotonic()
             if progress is not None:
                 progress.render(now - controller.started)
             if now > end:
                 break
             for index, worker in procs.items():
-                if index not in results and not worker.is_alive() and not conns[index].poll():
+                if index in results or index in controller.killed:
+                    continue
+                if not worker.is_alive() and not conns[index].poll():
                     results[index] = WorkerResult(
                         index=index,
                         pid=worker.pid or 0,
@@ -1549,13 +1634,15 @@ def run_fleet(
                     )
     except KeyboardInterrupt:
         interrupted = True
-        for conn in conns.values():
+        for index, conn in conns.items():
+            if index in controller.killed:
+                continue
             with contextlib.suppress(OSError, BrokenPipeError):
                 conn.send(("stop",))
         limit = time.monotonic() + 10.0
         with contextlib.suppress(KeyboardInterrupt):
-            while len(results) < len(procs) and time.monotonic() < limit:
-                _pump(conns, results, controller, progress_queue, None)
+            while not finished() and time.monotonic() < limit:
+                _pump(conns, results, controller, None)
     finally:
         if progress is not None:
             progress.render(time.monotonic() - (controller.started or started), force=True)
@@ -1572,10 +1659,13 @@ def run_fleet(
                 worker.join()
         for conn in conns.values():
             conn.close()
-        progress_queue.close()
-        progress_queue.join_thread()
     workers = [results[i] for i in sorted(results)]
-    missing = [i for i in procs if i not in results]
+    missing = [i for i in procs if i not in results and i not in controller.killed]
+    killed = [
+        {**controller.killed[i], "exitcode": procs[i].exitcode}
+        for i in sorted(controller.killed)
+        if i not in results
+    ]
     load = max((w.load_seconds for w in workers), default=0.0)
     return FleetResult(
         strategy=settings.strategy.label,
@@ -1584,6 +1674,7 @@ def run_fleet(
         duration=load,
         interrupted=interrupted,
         missing_workers=missing,
+        killed_workers=killed,
         started=controller.started,
         notes=controller.notes,
         replies={str(k): v for k, v in controller.replies.items()},
@@ -1606,29 +1697,28 @@ def _pump(
     conns: dict[int, Connection],
     results: dict[int, WorkerResult],
     controller: FleetController,
-    progress_queue: Any,
     progress: ProgressPrinter | None,
 ) -> None:
-    for _ in range(200):
-        try:
-            snapshot = progress_queue.get_nowait()
-        except queue_module.Empty:
-            break
-        if progress is not None:
-            progress.update(snapshot)
     for index, conn in conns.items():
         if index in results:
             continue
         try:
-            while conn.poll():
+            # Bounded, so that one chatty worker cannot starve the others or the actions.
+            for _ in range(200):
+                if not conn.poll():
+                    break
                 message = conn.recv()
-                if message[0] == "result":
+                if message[0] == "progress":
+                    if progress is not None:
+                        progress.update(message[1])
+                elif message[0] == "result":
                     results[index] = message[1]
                     break
-                if message[0] == "reply":
+                elif message[0] == "reply":
                     _, ident, worker, status = message
                     controller.replies.setdefault(ident, []).append(f"worker {worker}: {status}")
         except (EOFError, OSError):
+            # A worker that is gone (killed on purpose, or crashed: see run_fleet's loop).
             continue
     time.sleep(0.02)
 

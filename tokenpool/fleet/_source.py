@@ -395,7 +395,12 @@ class FleetTokenSource:
         try:
             reply = await self._call(name, "acquire", [keys.token, keys.lease], [owner, ttl_ms, seen_sha1])
         except _StoreFault:
-            raise  # Redis is faulty: the lease, if taken, expires on its own.
+            # The lease may have been taken without our seeing the answer (a reply past
+            # the deadline): release it, or the fleet's renewals wait for it until their
+            # last chance and then all fetch per process.  Bounded; a Redis that is down
+            # refuses at once and any lease expires on its own.
+            await self._release(keys, owner)
+            raise
         except BaseException:
             # Cancelled: the lease may have been taken without our seeing the answer.
             await self._release(keys, owner)
