@@ -1,7 +1,7 @@
 """``python -m benchmarks.harness``: tokenpool under load and faults, beside peer libraries, in one run.
 
 Starts the loopback emulator once, then for each named scenario runs a fleet
-of worker processes (``tokenpool._fleet``) against it, asserts the scenario's
+of worker processes (``tokenpool.loadtest``) against it, asserts the scenario's
 expected outcome and reports PASS/FAIL.  Writes ``results.json``,
 ``results.md`` and PNG plots into the output directory (default
 ``benchmarks/out/``).  Exit status: 0 when every expectation held, 1 when any
@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenpool._fleet import FleetSettings, ProgressPrinter, ProviderSpec, emulator_specs, run_fleet
+from tokenpool.loadtest import FleetSettings, ProgressPrinter, ProviderSpec, emulator_specs, run_fleet
 from tokenpool.testing import EmulatorProcess
 
 from . import report

@@ -1,6 +1,6 @@
 """Peer libraries as fleet auth strategies, configured the way their documentation shows.
 
-Each class is an :class:`~tokenpool._fleet.AuthStrategy` the harness loads by
+Each class is an :class:`~tokenpool.loadtest.AuthStrategy` the harness loads by
 import path inside a worker process, so the peers run with the same processes,
 tasks, in-flight bound, HTTP client settings and emulator as tokenpool.  The
 peer libraries are optional (``pip install 'tokenpool[bench]'``) and imported
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from tokenpool._fleet import (
+from tokenpool.loadtest import (
     AuthStrategy,
     FleetSettings,
     ProviderSpec,

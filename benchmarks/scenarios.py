@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenpool import RefreshPolicy
-from tokenpool._fleet import (
+from tokenpool.loadtest import (
     ALL_PROVIDERS,
     Action,
     FleetController,
     FleetResult,
     ProviderSpec,
     StrategySpec,
+    build_provider,
     ideal_requests,
 )
 from tokenpool.testing import EmulatorProcess
@@ -1177,7 +1178,6 @@ def lease_owner_pid(owner: str | None) -> int | None:
 def lease_key(spec: ProviderSpec, prefix: str = STORE_KEY_PREFIX) -> str | None:
     """The Redis key of *spec*'s refresh lease, as the workers' stores name it (``None``: unknown)."""
     try:
-        from tokenpool._fleet import build_provider
         from tokenpool.fleet._codec import keys_for
 
         return keys_for(build_provider(spec), prefix).lease

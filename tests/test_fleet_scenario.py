@@ -38,7 +38,7 @@ from benchmarks import report
 from benchmarks.redis_proxy import RedisProxy, RedisProxyError
 from benchmarks.redis_server import RedisServer
 from benchmarks.scenarios import _lease_won, lease_owner_pid
-from tokenpool._fleet import FleetController, FleetSettings, emulator_specs, run_fleet
+from tokenpool.loadtest import FleetController, FleetSettings, emulator_specs, run_fleet
 from tokenpool.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             "then print a summary. Exits 1 if any call failed with 401."
         ),
     )
-    from ._demo import add_demo_arguments
+    from .loadtest import add_demo_arguments
 
     add_demo_arguments(demo)
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
         if args.command == "check":
             return anyio.run(_check, args.config, args.timeout, sys.stdout)
         if args.command == "demo":
-            from ._demo import run_demo
+            from .loadtest import run_demo
 
             return run_demo(args)
     except ConfigurationError as exc:

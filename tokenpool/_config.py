@@ -36,7 +36,7 @@ from ._exceptions import ConfigurationError
 from ._timing import RefreshPolicy
 from .providers import ClientCertificate, Provider
 
-__all__ = ["Config", "load_config", "parse_config"]
+__all__ = ["Config", "load_config", "parse_config", "provider_from_table"]
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 SECRET_KEYS = frozenset({"client_secret", "key_password"})
@@ -130,11 +130,29 @@ def parse_config(
         raise ConfigurationError(f"{source}: no providers; add a [providers.NAME] table")
     providers: dict[str, Provider] = {}
     for name, table in providers_table.items():
-        where = f"{source}: provider {name!r}"
-        if not isinstance(table, dict):
-            raise ConfigurationError(f"{where}: expected a table")
-        providers[name] = _provider(name, table, env, where, base_dir)
+        providers[name] = provider_from_table(name, table, environ=env, source=source, base_dir=base_dir)
     return Config(providers=providers, pool_options=pool_options)
+
+
+def provider_from_table(
+    name: str,
+    table: Any,
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    base_dir: Path | None = None,
+) -> Provider:
+    """One adapter from its ``[providers.NAME]`` table, validated as :func:`parse_config` does.
+
+    For code that configures a provider from values rather than a file
+    (``tokenpool.loadtest``): secrets are still ``${NAME}`` references,
+    resolved from *environ* (``os.environ`` by default).
+    """
+    env = os.environ if environ is None else environ
+    where = f"{source}: provider {name!r}"
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: expected a table")
+    return _provider(name, table, env, where, base_dir)
 
 
 def _expand(value: Any, env: Mapping[str, str], where: str, key: str) -> Any:

@@ -19,15 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._fleet import (
-    ALL_PROVIDERS,
-    FIVE_PROVIDERS,
-    FleetResult,
-    FleetSettings,
-    ProgressPrinter,
-    emulator_specs,
-    run_fleet,
-)
+from ._emulator import emulator_specs
+from ._progress import ProgressPrinter
+from ._results import FleetResult
+from ._run import run_fleet
+from ._settings import ALL_PROVIDERS, FIVE_PROVIDERS, FleetSettings
 
 __all__ = ["add_demo_arguments", "run_demo"]
 
@@ -128,7 +124,7 @@ def default_max_lifetime(duration: float) -> float:
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo described by *args*; returns the exit status."""
     try:
-        from .testing import EmulatorProcess
+        from ..testing import EmulatorProcess
     except ImportError as exc:  # pragma: no cover - the testing extra is missing
         print(
             f"tokenpool demo needs the testing extra: pip install 'tokenpool[testing]' ({exc})",
