@@ -121,8 +121,8 @@ def write_markdown(path: Path, document: dict[str, Any]) -> str:
         f"{' over TLS (NTX MX over mutual TLS)' if o['tls'] else ' plain'}, "
         f"at most {o['max_in_flight']} requests in flight per worker (a FIFO semaphore in front of the "
         "transport, taken before the token lookup; without it httpcore's pool, not the auth layer, is the "
-        "bottleneck: see PEERS.md). The emulator rejects expired, revoked and unknown tokens by its own "
-        "clock. "
+        "bottleneck: it rescans every queued request on every event). The emulator rejects expired, "
+        "revoked and unknown tokens by its own clock. "
         "Latencies are loopback figures on a shared machine: compare them within a run, not across machines."
     )
     if any(r["group"] in ("fleet", "fleet-faults") for r in runs):

@@ -214,7 +214,8 @@ async def run(args: argparse.Namespace) -> int:
                 base_url=target.api_url,
                 auth=pool.auth(PROVIDER),
                 verify=verify,
-                # As many connections as tasks: no request queues inside httpcore (see PEERS.md).
+                # As many connections as tasks: no request queues inside httpcore, whose pool
+                # rescans every queued request on every event.
                 limits=httpx.Limits(
                     max_connections=args.concurrency, max_keepalive_connections=args.concurrency
                 ),

@@ -7,7 +7,10 @@ import httpx
 
 
 class BoundedTransport(httpx.AsyncBaseTransport):
-    """At most *limit* requests handed to httpcore at once, FIFO (see PEERS.md's pool trap).
+    """At most *limit* requests handed to httpcore at once, FIFO.
+
+    httpcore's pool rescans every queued request on every event, so an unbounded
+    queue there makes the client, not the system under test, the bottleneck.
 
     It sits below the auth flow, so every queued request already carries its
     token: the tests measure the pool, not httpcore's queue.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -11,11 +12,17 @@ import structlog
 pytest_plugins = ["tokenpool.testing.pytest_plugin"]
 
 
+_NO_TRIO = importlib.util.find_spec("trio") is None
+
+
 @pytest.fixture(
     scope="session",
     params=[
         pytest.param("asyncio", id="asyncio"),
-        pytest.param("trio", id="trio"),
+        # Skipped only where the trio extra is not installed (the no-extras session).
+        pytest.param(
+            "trio", id="trio", marks=pytest.mark.skipif(_NO_TRIO, reason="the trio extra is not installed")
+        ),
     ],
 )
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -66,3 +66,19 @@ __all__ = [
     "__version__",
     "providers",
 ]
+
+
+def _claim_public_names() -> None:
+    """Public classes and functions say ``tokenpool.X`` in reprs, tracebacks, docs and pickles.
+
+    They are defined in private modules; the public name is the one to show
+    and the one a pickle resolves (``tokenpool.TokenEndpointError``).
+    """
+    namespace = globals()
+    for name in __all__:
+        value = namespace[name]
+        if callable(value) and getattr(value, "__module__", "").startswith("tokenpool."):
+            value.__module__ = "tokenpool"
+
+
+_claim_public_names()

@@ -14,7 +14,7 @@ is imported, so ``import tokenpool`` stays light:
 Every integration takes a *providers factory*, a callable returning the
 ``{name: provider}`` mapping, and calls it in the process that will use the
 pool, so secrets are read there (from the environment, a vault…) and never
-pickled or inherited through ``fork()``.  See ``docs/integrations.md``.
+pickled or inherited through ``fork()``.  See the README's "Integrations".
 """
 
 from ._common import ProvidersFactory

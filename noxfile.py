@@ -1,0 +1,54 @@
+"""Development sessions: ``nox -l`` lists them, ``nox -s NAME`` runs one.
+
+``bash .ci/run`` runs the linters, the type checker and the README's test
+command in ``.venv`` (with every extra), then ``tests_without_extras`` here:
+the core must work, and be tested, with none of the optional dependencies.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "types", "tests", "tests_without_extras"]
+
+#: The tests of the core (pool, cells, timing, metrics, logs, public API) that need no
+#: optional extra: no emulator (hypercorn, trustme), no trio, no Redis, no Celery.
+#: Everything else in tests/ needs the emulator at least and runs in ``tests``.
+CORE_TESTS = [
+    "tests/test_cell.py",
+    "tests/test_core_api.py",
+    "tests/test_exported_members.py",
+    "tests/test_logging.py",
+    "tests/test_metrics.py",
+    "tests/test_timing.py",
+]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    session.install("-e", ".[dev,bench]")
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The README's test command, with every extra (servers such as redis-server come from .ci/run)."""
+    session.install("-e", ".[dev,bench]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tests_without_extras(session: nox.Session) -> None:
+    """``pip install tokenpool`` and nothing else: the core and its own tests (trio cases skip)."""
+    session.install("-e", ".", "pytest>=8")
+    session.run("python", "-c", "import tokenpool, tokenpool.fleet, tokenpool.testing, tokenpool.metrics")
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *CORE_TESTS, *session.posargs)
