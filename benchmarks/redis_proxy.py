@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
-
-from tokenpool._urls import is_loopback_host
 
 __all__ = ["RedisProxy", "RedisProxyError"]
 
@@ -47,7 +46,7 @@ class RedisProxy:
     """
 
     def __init__(self, target_port: int, *, target_host: str = "127.0.0.1") -> None:
-        if not is_loopback_host(target_host):
+        if not _loopback(target_host):
             raise RedisProxyError(f"the proxy only forwards to loopback, not {target_host!r}")
         self.target_host = target_host
         self.target_port = target_port
@@ -217,3 +216,10 @@ class RedisProxy:
                 sink.write(chunk)
                 await sink.drain()
                 self.chunks += 1
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

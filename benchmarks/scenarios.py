@@ -1178,9 +1178,11 @@ def lease_owner_pid(owner: str | None) -> int | None:
 def lease_key(spec: ProviderSpec, prefix: str = STORE_KEY_PREFIX) -> str | None:
     """The Redis key of *spec*'s refresh lease, as the workers' stores name it (``None``: unknown)."""
     try:
-        from tokenpool.fleet._codec import keys_for
+        from tokenpool.fleet import RedisStore
 
-        return keys_for(build_provider(spec), prefix).lease
+        # Only the key prefix matters for the names; the URL is never connected to.
+        store = RedisStore("redis://127.0.0.1:6379/0", key_prefix=prefix)
+        return store.key_names(build_provider(spec))["lease"]
     except Exception:
         return None
 

@@ -956,3 +956,20 @@ async def test_a_reply_that_arrived_while_the_loop_ran_late_is_not_a_timeout() -
 
     with pytest.raises(TimeoutError), anyio.fail_after(0.05):
         await anyio.sleep(1.0)
+
+
+@pytest.mark.anyio
+async def test_key_names_are_the_keys_the_store_writes(
+    emulator: EmulatorProcess, server: RedisServer
+) -> None:
+    store = store_at(server.url, key_prefix="payouts")
+    provider = generic(emulator)
+    names = store.key_names(provider)
+    async with opened(store, emulator) as source:
+        await fetch(source, provider)
+    with server.client() as admin:
+        assert admin.exists(names["token"]) == 1
+        assert admin.get(names["gen"]) == b"1"
+    assert set(names) == {"token", "lease", "gen", "channel"}
+    assert all(name.startswith("payouts:{") for name in names.values())
+    assert not any(provider.client_id in name for name in names.values())

@@ -20,11 +20,12 @@ import certifi
 
 from .._exceptions import ConfigurationError
 from .._secret import Secret
-from ._codec import Cipher
+from ._codec import Cipher, keys_for
 
 if TYPE_CHECKING:
     from .._clock import Clock
     from .._source import TokenSource
+    from ..providers import Provider
     from ._source import FleetTokenSource
 
 __all__ = ["RedisStore"]
@@ -269,6 +270,18 @@ class RedisStore:
         finally:
             with anyio.move_on_after(self.operation_timeout * 4 + 1.0, shield=True):
                 await client.aclose()
+
+    def key_names(self, provider: Provider) -> dict[str, str]:
+        """The Redis keys and channel this store uses for *provider*, to inspect with ``redis-cli``.
+
+        Returns:
+            ``token`` (the shared token), ``lease`` (its value names the holder,
+            ``<pid>-<random>``), ``gen`` (the generation counter) and
+            ``channel`` (where publications are announced).  The names are a
+            keyed digest of the provider's identity: no client id in clear.
+        """
+        keys = keys_for(provider, self.key_prefix)
+        return {"token": keys.token, "lease": keys.lease, "gen": keys.gen, "channel": keys.channel}
 
     # -- internals --------------------------------------------------------------------------------
 
