@@ -8,6 +8,7 @@ with a reason, except in CI (``CI=true``), where a missing server is a failure.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import math
@@ -312,3 +313,52 @@ def redis_server(directory: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10.0)
+
+
+def celery_worker_argv(*, queue: str, pool: str, concurrency: int) -> list[str]:
+    """A real Celery worker of ``tests/apps/celery_app.py`` consuming *queue* (quiet, no gossip)."""
+    return python_module(
+        "celery",
+        "-A",
+        "celery_app",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queue,
+        "--hostname",
+        f"{queue}@%h",
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    )
+
+
+def run_celery_tasks(
+    broker_url: str, queue: str, *, per_tick: int, ticks: int = 1, interval: float = 0.0
+) -> list[dict[str, Any]]:
+    """Send *per_tick* ``call_resource`` tasks every *interval* seconds, *ticks* times; every result."""
+    celery = require_module("celery", "pip install 'tokenpool[celery]'")
+    celery_result = require_module("celery.result", "pip install 'tokenpool[celery]'")
+    producer = celery.Celery("producer", broker=broker_url, backend=broker_url)
+    producer.conf.broker_connection_retry_on_startup = True
+    try:
+        pending: list[Any] = []
+        start = time.monotonic()
+        for tick in range(1, ticks + 1):
+            pending.extend(producer.send_task("call_resource", queue=queue) for _ in range(per_tick))
+            # Paced on a schedule, so the time spent sending does not stretch the run.
+            time.sleep(max(0.0, start + tick * interval - time.monotonic()))
+        collected = celery_result.ResultSet(pending)
+        results: list[dict[str, Any]] = [dict(value) for value in collected.join_native(timeout=60)]
+        # AsyncResult.__del__ talks to Redis: let it happen now, while Redis is up.
+        del collected
+        pending.clear()
+        gc.collect()
+        return results
+    finally:
+        producer.close()

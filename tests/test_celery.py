@@ -8,10 +8,8 @@ token request per refresh window, no more.
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,13 @@ from _workers import (
     LIFETIME,
     Worker,
     app_env,
+    celery_worker_argv,
     closed_by_pid,
     ideal_token_requests,
-    python_module,
     redis_server,
     require_module,
     resource_401s,
+    run_celery_tasks,
 )
 
 from tokenpool import ConfigurationError
@@ -52,25 +51,7 @@ def database(redis_url: str, number: int) -> str:
 def start_worker(
     emulator: EmulatorProcess, redis_url: str, *, queue: str, pool: str, concurrency: int, **env: str
 ) -> Worker:
-    argv = python_module(
-        "celery",
-        "-A",
-        "celery_app",
-        "worker",
-        "--pool",
-        pool,
-        "--concurrency",
-        str(concurrency),
-        "--queues",
-        queue,
-        "--hostname",
-        f"{queue}@%h",
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    )
+    argv = celery_worker_argv(queue=queue, pool=pool, concurrency=concurrency)
     return Worker(argv, env=app_env(emulator, TOKENPOOL_TEST_REDIS_URL=redis_url, **env))
 
 
@@ -78,24 +59,7 @@ def run_tasks(
     redis_url: str, queue: str, *, ticks: int, per_tick: int, interval: float
 ) -> list[dict[str, Any]]:
     """Send *per_tick* tasks every *interval* seconds, *ticks* times; return every task's result."""
-    producer = celery.Celery("producer", broker=redis_url, backend=redis_url)
-    producer.conf.broker_connection_retry_on_startup = True
-    try:
-        pending: list[Any] = []
-        start = time.monotonic()
-        for tick in range(1, ticks + 1):
-            pending.extend(producer.send_task("call_resource", queue=queue) for _ in range(per_tick))
-            # Paced on a schedule, so the time spent sending does not stretch the run.
-            time.sleep(max(0.0, start + tick * interval - time.monotonic()))
-        collected = celery_result.ResultSet(pending)
-        results: list[dict[str, Any]] = [dict(value) for value in collected.join_native(timeout=60)]
-        # AsyncResult.__del__ talks to Redis: let it happen now, while Redis is up.
-        del collected
-        pending.clear()
-        gc.collect()
-        return results
-    finally:
-        producer.close()
+    return run_celery_tasks(redis_url, queue, per_tick=per_tick, ticks=ticks, interval=interval)
 
 
 def test_prefork_worker_one_pool_per_child(emulator: EmulatorProcess, redis_url: str, tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib.util
 import json
 import signal
@@ -43,11 +42,13 @@ from _workers import (
     Output,
     Worker,
     app_env,
+    celery_worker_argv,
     closed_by_pid,
     in_ci,
     python_module,
     require_module,
     resource_401s,
+    run_celery_tasks,
 )
 
 from tokenpool.testing import EmulatorProcess
@@ -214,44 +215,7 @@ def test_blocking_pools_in_three_processes_share_one_token(
 
 
 def celery_worker(env: dict[str, str], *, queue: str, concurrency: int) -> Worker:
-    argv = python_module(
-        "celery",
-        "-A",
-        "celery_app",
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
-        "--queues",
-        queue,
-        "--hostname",
-        f"{queue}@%h",
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    )
-    return Worker(argv, env=env)
-
-
-def run_celery_tasks(broker_url: str, queue: str, count: int) -> list[dict[str, Any]]:
-    celery = require_module("celery", "pip install 'tokenpool[celery]'")
-    celery_result = require_module("celery.result", "pip install 'tokenpool[celery]'")
-    producer = celery.Celery("producer", broker=broker_url, backend=broker_url)
-    producer.conf.broker_connection_retry_on_startup = True
-    try:
-        collected = celery_result.ResultSet(
-            [producer.send_task("call_resource", queue=queue) for _ in range(count)]
-        )
-        results = [dict(value) for value in collected.join_native(timeout=60)]
-        # AsyncResult.__del__ talks to Redis: let it happen now, while Redis is up.
-        del collected
-        gc.collect()
-        return results
-    finally:
-        producer.close()
+    return Worker(celery_worker_argv(queue=queue, pool="prefork", concurrency=concurrency), env=env)
 
 
 @pytest.mark.parametrize("configured_by", ["toml", "keyword"])
@@ -277,7 +241,7 @@ def test_celery_prefork_children_share_one_token(
         worker = celery_worker(app_env(emulator, **extra), queue=f"fleet-{configured_by}", concurrency=2)
         with worker:
             children = wait_for_tokens(worker.output, processes=2)
-            results = run_celery_tasks(broker_url, f"fleet-{configured_by}", 40)
+            results = run_celery_tasks(broker_url, f"fleet-{configured_by}", per_tick=40)
             assert worker.stop(signal.SIGTERM) == 0, worker.output.tail()
         assert_shared_key(store, client_id)
 

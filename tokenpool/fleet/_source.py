@@ -50,7 +50,6 @@ time, like Redis's own expiries.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -69,6 +68,7 @@ from .._source import RenewalDeferred
 from .._token import TokenResponse
 from . import _scripts
 from ._codec import Garbage, Keys, SharedToken, decode_value, encode_value_prefix, keys_for, token_digest
+from ._listener import Listener
 from ._store import RedisStore, probe, require_asyncio
 
 if TYPE_CHECKING:
@@ -282,7 +282,9 @@ class FleetTokenSource:
             # (a holder that could neither publish nor release leaves its lease to expire).
             deadline = min(deadline, started + max(0.0, last_chance(previous) - self._clock.now()))
         waiting = False
-        async with _Listener(self, keys.channel) as listener:
+        async with Listener(
+            self._client, keys.channel, timeout=self._store.operation_timeout, log=self._log
+        ) as listener:
             while True:
                 snapshot = await self._read(name, keys)
                 if snapshot.raw is not None:
@@ -489,92 +491,12 @@ class FleetTokenSource:
     def _emit(self, outcome: str, name: str) -> None:
         self._on_event(outcome, name)
 
-    def pubsub(self) -> Any:
-        """A new pub/sub object on the client (``None`` once closed); for :class:`_Listener`."""
-        client = self._client
-        return None if client is None else client.pubsub()
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._log.debug(event, **fields)
-
     async def _close_client(self, client: Any) -> None:
         with anyio.move_on_after(max(1.0, 4 * self._store.operation_timeout), shield=True):
             try:
                 await client.aclose()
             except Exception as exc:
                 self._log.debug("fleet.store.close_failed", error=type(exc).__name__)
-
-
-class _Listener:
-    """The client's publication channel while a fetch waits for another process's lease.
-
-    Subscribed lazily (most fetches never wait), on its own connection, and
-    only as a way to wake sooner: any failure to subscribe or listen is
-    logged at debug level and the wait goes on polling every
-    ``poll_interval``.  The subscription ends with the fetch, bounded and
-    shielded.
-    """
-
-    __slots__ = ("_channel", "_pubsub", "_source", "_tried")
-
-    def __init__(self, source: FleetTokenSource, channel: str) -> None:
-        self._source = source
-        self._channel = channel
-        self._pubsub: Any = None
-        self._tried = False
-
-    async def __aenter__(self) -> _Listener:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
-                try:
-                    await pubsub.aclose()
-                except Exception as exc:
-                    self._source.debug("fleet.store.unsubscribe_failed", error=type(exc).__name__)
-
-    async def subscribe(self) -> bool:
-        """Subscribe if not tried yet; whether this call did (the caller then reads again)."""
-        if self._tried:
-            return False
-        self._tried = True
-        pubsub = self._source.pubsub()
-        if pubsub is None:
-            return False
-        try:
-            with anyio.fail_after(self._source.store.operation_timeout):
-                await pubsub.subscribe(self._channel)
-        except Exception as exc:
-            self._source.debug("fleet.store.subscribe_failed", error=type(exc).__name__)
-            with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            return False
-        self._pubsub = pubsub
-        return True
-
-    async def wait(self, timeout: float) -> None:
-        """Until a publication on the channel arrives, or *timeout* seconds."""
-        pubsub = self._pubsub
-        if pubsub is None:
-            await anyio.sleep(timeout)
-            return
-        with anyio.move_on_after(timeout):
-            try:
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-                    if message is not None and message.get("type") == "message":
-                        return
-            except Exception as exc:
-                # The subscription broke: poll for the rest of this wait and the next ones.
-                self._source.debug("fleet.store.listen_failed", error=type(exc).__name__)
-                self._pubsub = None
-                with anyio.move_on_after(self._source.store.operation_timeout, shield=True):
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-                await anyio.sleep(timeout)
 
 
 def _integer(value: object) -> int:
