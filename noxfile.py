@@ -17,12 +17,13 @@ nox.options.sessions = ["lint", "types", "tests", "tests_without_extras"]
 #: optional extra: no emulator (hypercorn, trustme), no trio, no Redis, no Celery.
 #: Everything else in tests/ needs the emulator at least and runs in ``tests``.
 CORE_TESTS = [
-    "tests/test_cell.py",
-    "tests/test_core_api.py",
-    "tests/test_exported_members.py",
-    "tests/test_logging.py",
-    "tests/test_metrics.py",
-    "tests/test_timing.py",
+    "tests/core",
+    "tests/package/test_exported_members.py",
+    "tests/package/test_extras.py",
+    "tests/package/test_layout.py",
+    "tests/pool/test_http_body_cap.py",
+    "tests/observability/test_logging.py",
+    "tests/observability/test_metrics.py",
 ]
 
 
@@ -52,3 +53,4 @@ def tests_without_extras(session: nox.Session) -> None:
     session.install("-e", ".", "pytest>=8")
     session.run("python", "-c", "import tokenpool, tokenpool.fleet, tokenpool.testing, tokenpool.metrics")
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *CORE_TESTS, *session.posargs)
+

@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from tokenpool.loadtest import FleetSettings, ProgressPrinter, ProviderSpec, emulator_specs, run_fleet
-from tokenpool.testing import EmulatorProcess
+from tokenpool.testing import EmulatorProcess, RedisServerProcess
 
 from . import report
 from .redis_proxy import RedisProxy
-from .redis_server import RedisServer, RedisServerError
 from .scenarios import PEER_SCALE, SCENARIOS, STEADY_SCALE, Ctx, Options, RunPlan, plans_for, set_lifetimes
 
 __all__ = ["main"]
@@ -220,12 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with EmulatorProcess(lifetime_scale=STEADY_SCALE) as emu, contextlib.ExitStack() as resources:
-            servers: list[RedisServer] = []
+            servers: list[RedisServerProcess] = []
 
-            def redis() -> RedisServer:
+            def redis() -> RedisServerProcess:
                 # Started the first time a run needs it; stopped when the harness ends.
                 if not servers:
-                    servers.append(resources.enter_context(RedisServer()))
+                    servers.append(resources.enter_context(RedisServerProcess()))
                 return servers[0]
 
             for number, plan in enumerate(plans, start=1):
@@ -280,14 +279,14 @@ def _run(
     count: int,
     *,
     quiet: bool,
-    redis: Callable[[], RedisServer] | None = None,
+    redis: Callable[[], RedisServerProcess] | None = None,
 ) -> dict[str, Any]:
     emu.reset()
     lifetimes = set_lifetimes(emu, plan)
     if plan.prepare is not None:
         plan.prepare(emu)
     specs = emulator_specs(emu, providers=plan.providers, tls=opts.tls, zertiban_tenants=plan.tenants)
-    server: RedisServer | None = None
+    server: RedisServerProcess | None = None
     if plan.store:
         if redis is None:
             raise RuntimeError(f"{plan.label} needs a redis-server and the harness gave it none")
@@ -312,7 +311,7 @@ def _run_fleet(
     count: int,
     specs: Sequence[ProviderSpec],
     lifetimes: dict[str, int],
-    server: RedisServer | None,
+    server: RedisServerProcess | None,
     proxy: RedisProxy | None,
     *,
     quiet: bool,
@@ -360,7 +359,7 @@ def _run_fleet(
         if server is not None and not server.running:
             # Killed by the run and not restarted (interrupted, or the restart failed): the
             # next run needs it.
-            with contextlib.suppress(RedisServerError):
+            with contextlib.suppress(RuntimeError):
                 server.restart()
     if server is not None and commands_before is not None and server.restarts == restarts_before:
         # Minus the INFO that reads the count.  (After a restart the server's count began again.)

@@ -254,10 +254,9 @@ async def bench_hit_store(emulator: EmulatorProcess, rounds: int, per_round: int
     touches the source, so the two should be equal within noise.
     """
     from tokenpool.fleet import RedisStore
+    from tokenpool.testing import RedisServerProcess
 
-    from .redis_server import RedisServer
-
-    with RedisServer() as server:
+    with RedisServerProcess() as server:
         async with (
             TokenPool({"acme": generic(emulator)}, metrics=CollectorRegistry()) as plain,
             TokenPool(

@@ -31,10 +31,9 @@ from tokenpool.loadtest import (
     build_provider,
     ideal_requests,
 )
-from tokenpool.testing import EmulatorProcess
+from tokenpool.testing import EmulatorProcess, RedisServerProcess
 
 from .redis_proxy import RedisProxy
-from .redis_server import RedisServer
 
 __all__ = ["SCENARIOS", "Check", "Ctx", "RunPlan", "fleet_figures", "fleet_ideal", "plans_for"]
 
@@ -106,7 +105,7 @@ class Ctx:
     #: Commands the run's Redis processed during the run (store runs only; ``None`` after a restart).
     redis_commands: int | None = None
     #: The run's redis-server (store runs only): fault actions kill and restart it.
-    redis: RedisServer | None = None
+    redis: RedisServerProcess | None = None
     #: The proxy between the workers and Redis (``RunPlan.store_proxy`` runs only).
     proxy: RedisProxy | None = None
     #: The cells' settings (secrets included: never to be written anywhere).

@@ -262,57 +262,12 @@ def closed_by_pid(output: Output) -> dict[int, dict[str, Any]]:
 
 @contextlib.contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
-    """A throw-away ``redis-server`` on a free loopback port; yields its URL."""
-    binary = require_binary("redis-server", "Debian: apt-get install redis-server")
-    import redis
+    """A throw-away ``redis-server`` on a free loopback port in *directory*; yields its URL."""
+    require_binary("redis-server", "Debian: apt-get install redis-server")
+    from tokenpool.testing import RedisServerProcess
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-        try:
-            for _ in range(100):  # up to ~10 s
-                if proc.poll() is not None:
-                    raise AssertionError(f"redis-server exited with status {proc.returncode} at startup")
-                try:
-                    if client.ping():
-                        break
-                except redis.ConnectionError:
-                    time.sleep(0.1)
-            else:
-                raise AssertionError("redis-server did not answer PING within 10 s")
-        finally:
-            client.close()
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10.0)
+    with RedisServerProcess(directory=directory) as server:
+        yield server.url
 
 
 def celery_worker_argv(*, queue: str, pool: str, concurrency: int) -> list[str]:

@@ -3,10 +3,12 @@
 The public API lives here; modules with a leading underscore are private.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import providers
 from ._auth import SyncTokenAuth, TokenAuth
 from ._blocking import BlockingTokenPool
-from ._clock import Clock, ManualClock, MonotonicClock
+from ._clock import Clock, MonotonicClock
 from ._exceptions import (
     AdapterError,
     ConfigurationError,
@@ -24,9 +26,10 @@ from ._exceptions import (
     TokenWaitTimeout,
     UnknownProviderError,
 )
-from ._pool import CellStatistics, PoolStatistics, TokenPool
+from ._pool import TokenPool
 from ._secret import Secret
 from ._source import RenewalDeferred, TokenSource
+from ._statistics import CellStatistics, PoolStatistics
 from ._timing import RefreshPolicy
 from ._token import Token, TokenResponse
 
@@ -42,7 +45,6 @@ __all__ = [
     "ForkedPoolError",
     "InsecureTransportError",
     "InvalidTokenResponse",
-    "ManualClock",
     "MonotonicClock",
     "PoolStateError",
     "PoolStatistics",
@@ -82,3 +84,21 @@ def _claim_public_names() -> None:
 
 
 _claim_public_names()
+
+
+if not TYPE_CHECKING:  # a type checker should flag the old name, and any typo, as missing
+
+    def __getattr__(name: str) -> Any:
+        if name == "ManualClock":
+            import warnings
+
+            warnings.warn(
+                "tokenpool.ManualClock moved to tokenpool.testing.ManualClock (a test tool); "
+                "the old name goes away in 0.3",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            from .testing import ManualClock
+
+            return ManualClock
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

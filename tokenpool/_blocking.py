@@ -15,7 +15,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._auth import SyncTokenAuth
 from ._exceptions import ForkedPoolError, PoolStateError
-from ._pool import PoolStatistics, TokenPool
+from ._pool import TokenPool
+from ._statistics import PoolStatistics
 from ._token import Token
 from .providers import Provider
 
@@ -138,7 +139,9 @@ class BlockingTokenPool:
         Raises:
             TokenRequestError: the token request failed (a subclass says how).
             TokenWaitTimeout: *timeout* ran out; the refresh goes on for others.
-            UnknownProviderError, PoolStateError, ForkedPoolError.
+            UnknownProviderError: no provider of that name.
+            PoolStateError: the pool is not open.
+            ForkedPoolError: used in a child process after ``fork()``.
         """
         if self._portal is None:
             raise PoolStateError("the BlockingTokenPool is not started (use 'with' or call start())")
@@ -168,15 +171,10 @@ class BlockingTokenPool:
     def auth(self, name: str) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.Client``: bearer header, provider headers, one retry on 401."""
         self._pool.api_headers(name)  # raises UnknownProviderError early
-        return SyncTokenAuth(
-            name,
-            get_token=self.token,
-            invalidate=self.invalidate,
-            api_headers=self._pool.api_headers,
-            report_401=self._report_401,
-        )
+        return SyncTokenAuth(self, name)
 
-    def _report_401(self, name: str, retried: bool) -> None:
+    def report_unauthorized(self, name: str, *, retried: bool) -> None:
+        """Count and log an API 401 answered to *name*'s token (what :meth:`auth` does for you)."""
         self._pool.report_unauthorized(name, retried=retried)
 
     def __repr__(self) -> str:

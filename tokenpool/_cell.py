@@ -1,14 +1,15 @@
 """A cell: one (worker, provider) token, its single flight and its waiters.
 
-The cell holds the state; :mod:`tokenpool._schedule` decides, purely, what to
-do with it at instant *t*; the pool's scheduler wakes the cell when it is due
-and runs its :meth:`Cell.attempt` as a task.  The cell marks itself *sending*
-before that task starts and clears the mark when it ends, and the scheduler
-launches only cells that are not sending: "at most one token request in
-flight per cell" holds by construction rather than by locking.  Callers never
-send requests: they read ``cell.token`` (the pool's hit path) or, when there
-is no usable token, join the current *flight* and wait for its outcome.  A
-waiter that is cancelled or times out only stops waiting.
+The cell changes the state it inherits (:class:`~tokenpool._cell_state.CellState`);
+:mod:`tokenpool._schedule` decides, purely, what to do with it at instant
+*t*; the pool's scheduler wakes the cell when it is due and runs its
+:meth:`Cell.attempt` as a task.  The cell marks itself *sending* before that
+task starts and clears the mark when it ends, and the scheduler launches only
+cells that are not sending: "at most one token request in flight per cell"
+holds by construction rather than by locking.  Callers never send requests:
+they read ``cell.token`` (the pool's hit path) or, when there is no usable
+token, join the current *flight* and wait for its outcome.  A waiter that is
+cancelled or times out only stops waiting.
 
 The cell is, with its schedule, the only place that knows about time.  It gets
 token responses from a :class:`~tokenpool._source.TokenSource` handed down by
@@ -19,19 +20,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._exceptions import (
-    AdapterError,
-    PoolStateError,
-    TokenRequestError,
-    TokenWaitTimeout,
-    clone_for_raise,
-)
+from ._cell_state import NO_HEADERS, CellState, Flight
+from ._exceptions import AdapterError, PoolStateError, TokenRequestError, TokenWaitTimeout, clone_for_raise
 from ._schedule import (
     accept,
     is_young_replacement,
@@ -53,23 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Cell"]
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
-
-class _Flight:
-    """One token request's outcome, shared by everyone waiting on it."""
-
-    __slots__ = ("done", "error", "provider", "token")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.token: Token | None = None
-        self.error: BaseException | None = None
-        #: The settings the request was built from (``None`` until it is sent).
-        self.provider: Provider | None = None
-
-
-class Cell:
+class Cell(CellState):
     """State and single-flight refresh of one provider's token in one worker.
 
     Args:
@@ -85,14 +65,9 @@ class Cell:
     """
 
     __slots__ = (
-        "_clock",
         "_deferred_until",
         "_demand",
-        "_failures",
-        "_flight",
         "_forced",
-        "_last_error",
-        "_not_before",
         "_observer",
         "_reissue",
         "_reissued",
@@ -104,21 +79,6 @@ class Cell:
         "_token_provider",
         "_u",
         "_wake",
-        "api_headers",
-        "due",
-        "folded_hits",
-        "folded_misses",
-        "foreign_hits",
-        "group",
-        "hits",
-        "misses",
-        "name",
-        "provider",
-        "requests",
-        "sending",
-        "token",
-        "usable_until",
-        "waiting",
     )
 
     def __init__(
@@ -133,46 +93,19 @@ class Cell:
         wake: Callable[[Cell], None],
         group: str,
     ) -> None:
-        self.name = name
-        self.provider = provider
-        self.group = group
-        #: The provider's extra API headers, built once (the auth flow reads them per request).
-        self.api_headers: Mapping[str, str] = dict(provider.api_headers()) or _NO_HEADERS
-        #: The current token, possibly stale or expired; ``None`` before the first one.
-        self.token: Token | None = None
-        #: ``token.usable_until`` (``-inf`` without a token): the hit path reads one attribute.
-        self.usable_until = -math.inf
-        #: When the scheduler should start the next attempt (``inf``: not scheduled).
-        self.due = math.inf
-        #: An attempt task is running (set before it starts, cleared when it ends).
-        self.sending = False
-        #: Plain counters read by the metrics fold (cheaper than a Prometheus inc()).
-        self.hits = 0
-        #: Hits served through ``TokenPool.usable_token`` (facades on other threads).
-        self.foreign_hits = 0
-        self.misses = 0
-        self.folded_hits = 0
-        self.folded_misses = 0
-        self.waiting = 0
-        #: Token requests started by this cell (successful or not).
-        self.requests = 0
+        super().__init__(name, provider, clock=clock, group=group)
         self._source = source
-        self._clock = clock
         self._observer = observer
         self._rng = rng
         self._wake = wake
         # Drawn once per cell: where inside the jitter band this cell renews.
         self._u = rng.random()
-        self._flight: _Flight | None = None
         # refresh() callers waiting: like waiters, they cannot wait for a deferred renewal.
         self._forced = 0
         self._demand = False
-        self._failures = 0
-        self._not_before = -math.inf
         # The source deferred a renewal that can wait (RenewalDeferred): ask again then,
         # unless a caller or a 401 needs a token sooner.
         self._deferred_until = -math.inf
-        self._last_error: TokenRequestError | None = None
         self._successes = 0
         self._token_provider: Provider | None = None
         # The 401 bookkeeping: the token a 401 dropped (for the next fetch), whether
@@ -182,33 +115,7 @@ class Cell:
         self._reissued: Token | None = None
         self._strikes = 0
 
-    # -- what callers see -------------------------------------------------------------------
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed token requests (0 when healthy)."""
-        return self._failures
-
-    @property
-    def last_error(self) -> TokenRequestError | None:
-        return self._last_error
-
-    @property
-    def retry_at(self) -> float:
-        """Earliest instant a next request may go out after failures (``-inf`` when healthy)."""
-        return self._not_before
-
-    @property
-    def refreshing(self) -> bool:
-        return self.sending or self._flight is not None
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    def usable(self, now: float) -> Token | None:
-        token = self.token
-        return token if token is not None and now < token.usable_until else None
+    # -- what callers do --------------------------------------------------------------------
 
     async def wait_for_token(self, timeout: float | None) -> Token:
         """The slow path: no usable token, so join (or start) the single flight.
@@ -286,7 +193,7 @@ class Cell:
         goes out at once.
         """
         self.provider = provider
-        self.api_headers = dict(provider.api_headers()) or _NO_HEADERS
+        self.api_headers = dict(provider.api_headers()) or NO_HEADERS
         self._not_before = -math.inf
         self._deferred_until = -math.inf
         if self._last_error is not None or self.token is None:
@@ -346,15 +253,11 @@ class Cell:
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def _ask(self) -> _Flight:
-        flight = self._flight = _Flight()
+    def _ask(self) -> Flight:
+        flight = self._flight = Flight()
         self._demand = True
         self._reschedule()
         return flight
-
-    def _set_token(self, token: Token | None) -> None:
-        self.token = token
-        self.usable_until = -math.inf if token is None else token.usable_until
 
     def _reschedule(self) -> None:
         """Tell the scheduler when the next attempt is due (re-evaluated when an attempt ends)."""
@@ -384,7 +287,7 @@ class Cell:
         """Send one token request and settle the flight; runs as a task of the pool."""
         flight = self._flight
         if flight is None:
-            flight = self._flight = _Flight()
+            flight = self._flight = Flight()
         self._demand = False
         reissue, self._reissue = self._reissue, False
         # After a 401, the refused token (a fleet store fences that one, not a
@@ -448,7 +351,7 @@ class Cell:
         self._observer.refresh_deferred(self, self._deferred_until - now, deferral.reason)
 
     def _succeeded(
-        self, flight: _Flight, provider: Provider, token: Token, reissue: bool, sent_at: float
+        self, flight: Flight, provider: Provider, token: Token, reissue: bool, sent_at: float
     ) -> None:
         self._set_token(token)
         self._deferred_until = -math.inf
@@ -474,7 +377,7 @@ class Cell:
             flight.done.set()
         self._observer.refresh_succeeded(self, token, self._clock.now() - sent_at)
 
-    def _failed(self, flight: _Flight, provider: Provider, error: TokenRequestError, sent_at: float) -> None:
+    def _failed(self, flight: Flight, provider: Provider, error: TokenRequestError, sent_at: float) -> None:
         now = self._clock.now()
         flight.error = error
         if self._flight is flight:

@@ -10,6 +10,7 @@ from typing import TextIO
 
 import anyio
 
+from ._argtypes import positive_number
 from ._exceptions import ConfigurationError, TokenPoolError, TokenRequestError
 
 __all__ = ["main"]
@@ -57,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", help="path to a TOML config file")
     check.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds to wait for each provider (default 20)"
+        "--timeout",
+        type=positive_number,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds to wait for each provider, a positive finite number (default 20)",
     )
 
     commands.add_parser(
@@ -69,22 +74,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging() -> None:
-    """The command is an application, so it may configure structlog (the library never does).
+    """The command is an application, so it decides where tokenpool's events go (the library never does).
 
-    Warnings and errors go to stderr; ``TOKENPOOL_LOG_LEVEL=debug`` shows everything.
+    By default nowhere: the commands print what happened themselves (``check``'s
+    table says what a ``token.refresh.failed`` line would).  ``TOKENPOOL_LOG_LEVEL``
+    (``debug``, ``info``, ``warning``, ``error``) sends events at that level and
+    above to standard error.
     """
     import logging
     import os
 
-    import structlog
-
-    if structlog.is_configured():
+    tokenpool_logger = logging.getLogger("tokenpool")
+    name = os.environ.get("TOKENPOOL_LOG_LEVEL", "").strip().upper()
+    level = logging.getLevelNamesMapping().get(name)
+    if level is None:
+        if name:
+            print(
+                f"tokenpool: ignoring TOKENPOOL_LOG_LEVEL={name.lower()!r} (debug, info, warning or error)",
+                file=sys.stderr,
+            )
+        tokenpool_logger.addHandler(logging.NullHandler())  # and not Python's last-resort handler
         return
-    level = getattr(logging, os.environ.get("TOKENPOOL_LOG_LEVEL", "warning").upper(), logging.WARNING)
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tokenpool_logger.addHandler(handler)
+    tokenpool_logger.setLevel(level)
 
 
 def _version() -> str:
@@ -97,9 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["emulator"]:
         try:
-            from .testing._server import main as emulator_main
+            from .testing import emulator_main
         except ImportError as exc:
-            print(f"tokenpool emulator needs the testing extra: pip install 'tokenpool[testing]' ({exc})")
+            print(
+                f"tokenpool emulator needs the testing extra: pip install 'tokenpool[testing]' ({exc})",
+                file=sys.stderr,
+            )
             return 2
         return emulator_main(args_list[1:], prog="tokenpool emulator")
     parser = _parser()

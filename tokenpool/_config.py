@@ -24,6 +24,7 @@ and never repeats a secret's value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -172,7 +173,9 @@ def _expand(value: Any, env: Mapping[str, str], where: str, key: str) -> Any:
     return value
 
 
-def _path(value: str, base_dir: Path | None) -> str:
+def _path(value: object, base_dir: Path | None, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where}: key {key!r} must be a file path (a string), got {_shown(value)}")
     path = Path(value).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -191,11 +194,47 @@ def _pool_options(table: Any, env: Mapping[str, str], source: str, base_dir: Pat
     options = {
         key: _expand(value, env, f"{source}: [pool]", key) for key, value in table.items() if key != "store"
     }
+    for key, value in options.items():
+        _check_pool_value(key, value, f"{source}: [pool]")
     if "ca_file" in options:
-        options["ca_file"] = _path(options["ca_file"], base_dir)
+        options["ca_file"] = _path(options["ca_file"], base_dir, f"{source}: [pool]", "ca_file")
     if store is not None:
         options["store"] = _store(store, env, source, base_dir)
     return options
+
+
+_WARM_UP = ("wait", "background", "lazy")
+_LABELS = ("kind", "name")
+
+
+def _check_pool_value(key: str, value: object, where: str) -> None:
+    """Refuse a ``[pool]`` value of the wrong type or range, naming the key (TOML has no callables)."""
+    problem = None
+    if key == "warm_up" and value not in _WARM_UP:
+        problem = "one of " + ", ".join(repr(v) for v in _WARM_UP)
+    elif key == "metrics_label" and value not in _LABELS:
+        problem = "'kind' or 'name'"
+    elif key in {"max_concurrent_requests", "max_requests_per_host"} and not (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    ):
+        problem = "a positive integer"
+    elif key in {"warm_up_timeout", "metrics_interval"} and not (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+    ):
+        problem = "a positive number of seconds"
+    if problem is not None:
+        raise ConfigurationError(f"{where}: key {key!r} must be {problem}, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A config value as an error may show it: short, with its TOML type (never a secret key's value)."""
+    kinds: dict[type, str] = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    containers: dict[type, str] = {dict: "a table", list: "an array"}
+    kind = kinds.get(type(value))
+    if kind is None:
+        return containers.get(type(value), f"a {type(value).__name__}")
+    text = repr(value)
+    return f"{text if len(text) <= 40 else text[:39] + '…'} ({kind})"
 
 
 def _store(table: Any, env: Mapping[str, str], source: str, base_dir: Path | None) -> Any:
@@ -216,7 +255,7 @@ def _store(table: Any, env: Mapping[str, str], source: str, base_dir: Path | Non
         )
     options = {key: _expand(value, env, where, key) for key, value in table.items()}
     if "ssl_ca_certs" in options:
-        options["ssl_ca_certs"] = _path(options["ssl_ca_certs"], base_dir)
+        options["ssl_ca_certs"] = _path(options["ssl_ca_certs"], base_dir, where, "ssl_ca_certs")
     keys_env = options.pop("encryption_keys_env", None)
     from .fleet import RedisStore
 
@@ -275,7 +314,7 @@ def _provider(
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{where}: {exc}") from None
         elif key in CERT_KEYS:
-            cert[key] = _path(value, base_dir) if key != "key_password" else value
+            cert[key] = _path(value, base_dir, where, key) if key != "key_password" else value
         else:
             kwargs[key] = value
     if takes_cert:

@@ -9,7 +9,7 @@
     ├── TokenWaitTimeout                the caller's own ``timeout=`` ran out (also TimeoutError)
     └── TokenRequestError               fetching a token failed; carries provider/status/error code
         ├── CredentialsRejected         the token endpoint refused our credentials (400/401/403)
-        ├── TokenEndpointError          retryable answer: 5xx, 429, 408 (carries retry_after)
+        ├── TokenEndpointError          retryable answer: 5xx, 429, 408 (carries retry_after/retry_at)
         ├── TokenEndpointUnreachable    no answer: connection refused or dropped
         │   ├── TokenEndpointTimeout    no answer within the request deadline
         │   └── TokenEndpointTLSError   TLS failed: certificate verification, client certificate refused
@@ -160,10 +160,22 @@ class TokenEndpointError(TokenRequestError):
 
     Attributes:
         retry_after: Seconds the endpoint asked us to wait, if it said.
+        retry_at: The Unix time (wall clock, seconds) the endpoint asked us to
+            wait until, when it gave ``Retry-After`` as an HTTP-date without a
+            ``Date`` header to measure it from; ``retry_after`` is then
+            ``None``.  The pool turns it into a wait with its own clock.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        retry_at: float | None = None,
+        **kwargs: object,
+    ) -> None:
         self.retry_after = retry_after
+        self.retry_at = retry_at
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
     default_reason = "endpoint_error"

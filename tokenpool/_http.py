@@ -35,7 +35,7 @@ from ._exceptions import (
     TokenEndpointUnreachable,
     TokenRequestError,
 )
-from .providers._parse import scrub_error
+from ._scrub import scrub_error
 
 if TYPE_CHECKING:
     from ._token import Token, TokenResponse

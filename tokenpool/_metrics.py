@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from ._cell import Cell
+    from ._cell_state import CellState
 
 __all__ = ["FAILURE_REASONS", "LABEL_MODES", "OUTCOMES", "REFRESH_BUCKETS", "STORE_OUTCOMES", "PoolMetrics"]
 
@@ -191,7 +191,7 @@ class PoolMetrics:
         #: The pool has a fleet store: its series are created (as 0) too.
         self.with_store = False
 
-    def fold(self, cells: Iterable[Cell], now: float = math.nan) -> None:
+    def fold(self, cells: Iterable[CellState], now: float = math.nan) -> None:
         """Add hits and misses counted since the last fold; recompute the gauges of changed groups.
 
         One pass over the cells, comparing two integers each: an idle cell

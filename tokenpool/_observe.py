@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ._exceptions import CredentialsRejected, InvalidTokenResponse, TokenRequestError
+from .logging import library_logger
 
 if TYPE_CHECKING:
-    from ._cell import Cell
+    from ._cell_state import CellState
     from ._metrics import PoolMetrics
     from ._token import Token
 
@@ -39,15 +38,15 @@ class Observer:
     """Turns cell events into structlog events and Prometheus samples."""
 
     def __init__(self, logger: Any, metrics: PoolMetrics | None) -> None:
-        self.log = logger if logger is not None else structlog.get_logger("tokenpool")
+        self.log = logger if logger is not None else library_logger()
         self.metrics = metrics
 
-    def refresh_started(self, cell: Cell, attempt: int) -> None:
+    def refresh_started(self, cell: CellState, attempt: int) -> None:
         self.log.debug("token.refresh.start", provider=cell.name, attempt=attempt)
         if self.metrics is not None:
             self.metrics.attempt(cell.group)
 
-    def refresh_succeeded(self, cell: Cell, token: Token, duration: float) -> None:
+    def refresh_succeeded(self, cell: CellState, token: Token, duration: float) -> None:
         self.log.info(
             "token.refresh.success",
             provider=cell.name,
@@ -59,7 +58,9 @@ class Observer:
         if self.metrics is not None:
             self.metrics.refreshed(cell.group, cell.name, duration)
 
-    def refresh_failed(self, cell: Cell, error: TokenRequestError, duration: float, delay: float) -> None:
+    def refresh_failed(
+        self, cell: CellState, error: TokenRequestError, duration: float, delay: float
+    ) -> None:
         token = cell.token
         remaining = None if token is None else round(token.usable_until - cell.clock.now(), 3)
         fields: dict[str, Any] = {
@@ -85,20 +86,20 @@ class Observer:
                 cell.group, cell.name, duration, error.reason, outcome_of(error), cell.failures, delay
             )
 
-    def refresh_deferred(self, cell: Cell, retry_in: float, reason: str) -> None:
+    def refresh_deferred(self, cell: CellState, retry_in: float, reason: str) -> None:
         # Routine while a fleet store is briefly unavailable; the store logs the fault itself.
         self.log.debug(
             "token.refresh.deferred", provider=cell.name, reason=reason, retry_in=round(retry_in, 3)
         )
 
-    def invalidated(self, cell: Cell, token: Token) -> None:
+    def invalidated(self, cell: CellState, token: Token) -> None:
         self.log.info(
             "token.invalidated",
             provider=cell.name,
             remaining=round(token.expires_at - cell.clock.now(), 3),
         )
 
-    def unauthorized_ignored(self, cell: Cell, token: Token) -> None:
+    def unauthorized_ignored(self, cell: CellState, token: Token) -> None:
         self.log.warning(
             "token.unauthorized_cooldown",
             provider=cell.name,
@@ -106,11 +107,11 @@ class Observer:
             cooldown=round(cell.provider.refresh.cooldown(token.expires_in), 3),
         )
 
-    def waiting(self, cell: Cell, delta: int) -> None:
+    def waiting(self, cell: CellState, delta: int) -> None:
         if self.metrics is not None:
             self.metrics.waiting(cell.group, delta)
 
-    def downstream_unauthorized(self, cell: Cell, *, retried: bool) -> None:
+    def downstream_unauthorized(self, cell: CellState, *, retried: bool) -> None:
         self.log.warning("token.downstream_unauthorized", provider=cell.name, retried=retried)
         if self.metrics is not None:
             self.metrics.downstream_unauthorized(cell.group, retried=retried)

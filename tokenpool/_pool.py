@@ -12,104 +12,37 @@ Layers, top to bottom (see the README's architecture section)::
 
 The pool's own tasks (the scheduler, refresh attempts, the metrics fold) run in
 a task group hosted by a detached task (``_host.TaskHost``), so a pool can be
-entered and closed from any task and inside any cancel scope.
+entered and closed from any task and inside any cancel scope;
+:mod:`tokenpool._lifecycle` starts and stops them.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
-import anyio
 import anyio.to_thread
 import httpx
 from prometheus_client import CollectorRegistry
 
+from ._auth import TokenAuth
 from ._cell import Cell
 from ._clock import Clock, MonotonicClock
-from ._exceptions import (
-    ConfigurationError,
-    ForkedPoolError,
-    PoolStateError,
-    TokenEndpointUnreachable,
-    TokenRequestError,
-    UnknownProviderError,
-)
-from ._host import TaskHost
-from ._http import HttpTokenSource
-from ._metrics import LABEL_MODES, PoolMetrics
+from ._exceptions import ConfigurationError, TokenRequestError, UnknownProviderError
+from ._lifecycle import Lifecycle, WarmUp, warm_one
+from ._metrics import PoolMetrics
 from ._observe import Observer
+from ._pool_settings import MetricsLabel, check_provider, check_settings, metrics_group, token_source
 from ._scheduler import Scheduler
 from ._source import TokenSource, TokenStore
+from ._statistics import PoolStatistics, statistics_of
 from ._token import Token
 from .providers import Provider
 
-__all__ = ["CellStatistics", "PoolStatistics", "TokenPool"]
-
-WarmUp = Literal["wait", "background", "lazy"]
-MetricsLabel = Literal["kind", "name"] | Callable[[str, Provider], str]
-
-#: Longest wait for the pool's tasks to end when it closes (they are cancelled first).
-CLOSE_TIMEOUT = 10.0
-
-# -- fork detection ---------------------------------------------------------------------------
-# A pool's sockets, timers and loop belong to the process that opened it.  In a
-# forked child every live pool is marked, and its next use raises.  Checking a
-# flag set by an at-fork hook costs nothing on the hit path (os.getpid() is a
-# system call on current glibc).
-_live_pools: weakref.WeakSet[TokenPool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._forked_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@dataclass(frozen=True, slots=True)
-class CellStatistics:
-    """A snapshot of one provider's cell (see :meth:`TokenPool.statistics`)."""
-
-    name: str
-    kind: str
-    hits: int
-    misses: int
-    token_requests: int
-    waiting: int
-    refreshing: bool
-    consecutive_failures: int
-    has_token: bool
-    seconds_until_refresh: float | None
-    seconds_until_expiry: float | None
-    last_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    """A snapshot of a whole pool."""
-
-    cells: Mapping[str, CellStatistics]
-
-    @property
-    def hits(self) -> int:
-        return sum(c.hits for c in self.cells.values())
-
-    @property
-    def misses(self) -> int:
-        return sum(c.misses for c in self.cells.values())
-
-    @property
-    def token_requests(self) -> int:
-        return sum(c.token_requests for c in self.cells.values())
+__all__ = ["TokenPool"]
 
 
 class TokenPool:
@@ -159,9 +92,11 @@ class TokenPool:
             callable ``(name, provider) -> str`` (your own groups).
         metrics_interval: How often hit/miss counts are folded into counters.
         logger: A structlog-style logger (default
-            ``structlog.get_logger("tokenpool")``).  tokenpool never configures
-            structlog.
-        clock: Time source; tests pass a ``ManualClock``.
+            :func:`tokenpool.logging.library_logger`: structlog once your
+            application configured it, else the standard library's
+            ``logging.getLogger("tokenpool")``).  tokenpool never configures
+            logging.
+        clock: Time source; tests pass a :class:`tokenpool.testing.ManualClock`.
         rng: Random source for jitter; tests pass a seeded ``random.Random``.
     """
 
@@ -184,49 +119,27 @@ class TokenPool:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not isinstance(providers, Mapping):
-            raise ConfigurationError(
-                f"providers must be a mapping of name to Provider, got {type(providers).__name__}"
-            )
-        if warm_up not in ("wait", "background", "lazy"):
-            raise ConfigurationError(f"warm_up must be 'wait', 'background' or 'lazy', got {warm_up!r}")
-        if not _positive(warm_up_timeout):
-            raise ConfigurationError(
-                f"warm_up_timeout must be a positive number of seconds, got {warm_up_timeout!r}"
-            )
-        if not _positive(metrics_interval) or math.isinf(metrics_interval):
-            raise ConfigurationError(
-                f"metrics_interval must be a positive number of seconds, got {metrics_interval!r}"
-            )
-        if not (metrics_label in LABEL_MODES or callable(metrics_label)):
-            raise ConfigurationError(
-                "metrics_label must be 'kind', 'name' or a callable (name, provider) -> str, "
-                f"got {metrics_label!r}"
-            )
-        if not isinstance(metrics, bool | CollectorRegistry):
-            raise ConfigurationError(
-                f"metrics must be True, False or a CollectorRegistry, got {type(metrics).__name__}"
-            )
-        if source is None:
-            source = HttpTokenSource(
-                client=client,
-                ca_file=ca_file,
-                max_concurrent_requests=max_concurrent_requests,
-                max_requests_per_host=max_requests_per_host,
-            )
-        elif client is not None or ca_file is not None:
-            raise ConfigurationError(
-                "pass either source= or client=/ca_file= (they configure the HTTP source)"
-            )
-        elif not isinstance(source, TokenSource):
-            raise ConfigurationError(f"source must be a TokenSource, got {type(source).__name__}")
+        check_settings(
+            providers,
+            warm_up=warm_up,
+            warm_up_timeout=warm_up_timeout,
+            metrics_interval=metrics_interval,
+            metrics_label=metrics_label,
+            metrics=metrics,
+        )
+        source = token_source(
+            source,
+            client=client,
+            ca_file=ca_file,
+            max_concurrent_requests=max_concurrent_requests,
+            max_requests_per_host=max_requests_per_host,
+        )
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._now = self._clock.now
         # Not for cryptography: jitter only needs to differ between workers.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self._metrics = None if metrics is False else PoolMetrics(None if metrics is True else metrics)
         self._metrics_label = metrics_label
-        self._metrics_interval = metrics_interval
         self._observer = Observer(logger, self._metrics)
         if store is not None:
             if not isinstance(store, TokenStore):
@@ -244,12 +157,19 @@ class TokenPool:
         for name, provider in providers.items():
             self._all_cells[name] = self._make_cell(name, provider)
         # The hit path looks names up here; it is empty unless the pool is open,
-        # so "not open" costs nothing to check.  Filled and emptied in place:
-        # the hit path holds this very dict.
+        # so "not open" costs nothing to check.  Filled and emptied in place
+        # (by the lifecycle): the hit path holds this very dict.
         self._cells: dict[str, Cell] = {}
-        self._state: Literal["new", "opening", "open", "closed", "forked"] = "new"
-        self._host: TaskHost | None = None
-        self._pid = os.getpid()
+        self._life = Lifecycle(
+            f"tokenpool-{id(self):x}",
+            all_cells=self._all_cells,
+            cells=self._cells,
+            source=self._source,
+            scheduler=self._scheduler,
+            metrics=self._metrics,
+            metrics_interval=metrics_interval,
+            now=self._now,
+        )
         # The hit path as a closure over the cells dict and the clock: the same
         # code as the method below, without two attribute loads on self per
         # call (~30 ns of a ~250 ns call; see benchmarks/micro_bench.py).
@@ -274,22 +194,8 @@ class TokenPool:
         return token
 
     def _make_cell(self, name: str, provider: Provider) -> Cell:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError("provider names must be non-empty strings")
-        if not isinstance(provider, Provider):
-            raise ConfigurationError(
-                f"provider {name!r}: expected a tokenpool.providers.Provider, got {type(provider).__name__}"
-            )
-        label = self._metrics_label
-        if label == "kind":
-            group = provider.kind
-        elif label == "name":
-            group = name
-        else:
-            assert callable(label)
-            group = label(name, provider)
-            if not isinstance(group, str) or not group:
-                raise ConfigurationError(f"metrics_label({name!r}, ...) must return a non-empty str")
+        check_provider(name, provider)
+        group = metrics_group(self._metrics_label, name, provider)
         return Cell(
             name,
             provider,
@@ -304,39 +210,7 @@ class TokenPool:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state != "new":
-            raise PoolStateError(f"a TokenPool can be entered once (this one is {self._state})")
-        self._state = "opening"
-        try:
-            await self._source.open()
-            for cell in list(self._all_cells.values()):
-                await self._source.prepare(cell.provider)
-            self._host = TaskHost(f"tokenpool-{id(self):x}")
-            group = await self._host.start()
-            if self._state != "opening":
-                raise PoolStateError("the TokenPool was closed while it was opening")  # noqa: TRY301
-            self._state = "open"
-            _live_pools.add(self)
-            self._cells.update(self._all_cells)
-            group.start_soon(self._scheduler.run, group, name="tokenpool-scheduler")
-            if self._metrics is not None:
-                # Creating a group's labelled series takes ~1 ms (histograms with
-                # their buckets): in a worker thread, not on the event loop.
-                groups = {cell.group for cell in self._cells.values()}
-                await anyio.to_thread.run_sync(self._metrics.touch_all, groups)
-                group.start_soon(self._publish_metrics, name="tokenpool-metrics")
-            if self._warm_up == "wait":
-                await self.warm_up(timeout=self._warm_up_timeout)
-            elif self._warm_up == "background":
-                for cell in self._cells.values():
-                    cell.request_token()
-            if self._state != "open":
-                raise PoolStateError("the TokenPool was closed while it was warming up")  # noqa: TRY301
-        except BaseException:
-            # Cancelled (a deadline, SIGTERM) or failed while opening: close what
-            # was opened, then let the cancellation or error go on.
-            await self._close()
-            raise
+        await self._life.open(self._warm_up, self._warm_up_timeout)
         return self
 
     async def __aexit__(
@@ -354,28 +228,7 @@ class TokenPool:
         bounded by ``CLOSE_TIMEOUT``), and idempotent.  Callers still waiting
         for a token get a ``PoolStateError``.
         """
-        await self._close()
-
-    async def _close(self) -> None:
-        state = self._state
-        if state == "closed":
-            return
-        self._state = "closed"
-        self._cells.clear()
-        _live_pools.discard(self)
-        if state in ("new", "forked"):
-            # Nothing was opened, or nothing here belongs to this process: do
-            # not touch sockets or the loop.
-            return
-        with anyio.CancelScope(shield=True):
-            if self._host is not None:
-                await self._host.stop(CLOSE_TIMEOUT)
-            for cell in self._all_cells.values():
-                cell.close()
-            with anyio.move_on_after(CLOSE_TIMEOUT):
-                await self._source.aclose()
-            if self._metrics is not None:
-                self._metrics.fold(self._all_cells.values(), self._now())
+        await self._life.close()
 
     def _store_event(self, outcome: str, name: str) -> None:
         """Count a fleet-store event (the store calls this; names it does not know are ignored)."""
@@ -383,36 +236,9 @@ class TokenPool:
         if cell is not None and self._metrics is not None:
             self._metrics.store_event(cell.group, outcome)
 
-    def _forked_child(self) -> None:
-        self._state = "forked"
-        self._cells.clear()
-
-    async def _publish_metrics(self) -> None:
-        assert self._metrics is not None
-        while True:
-            await anyio.sleep(self._metrics_interval)
-            self._metrics.fold(self._all_cells.values(), self._now())
-
     async def warm_up(self, *, timeout: float | None = None) -> dict[str, TokenRequestError | None]:
         """Fetch a token for every provider concurrently; return each one's error (or ``None``)."""
-        results: dict[str, TokenRequestError | None] = {}
-        async with anyio.create_task_group() as tg:
-            for cell in list(self._require_open().values()):
-                tg.start_soon(self._warm_one, cell, timeout, results)
-        return results
-
-    async def _warm_one(
-        self, cell: Cell, timeout: float | None, results: dict[str, TokenRequestError | None] | None = None
-    ) -> None:
-        error: TokenRequestError | None = None
-        try:
-            await cell.wait_for_token(timeout)
-        except TokenRequestError as exc:
-            error = exc  # already logged by the observer
-        except (TimeoutError, PoolStateError):
-            error = TokenEndpointUnreachable("no token within the warm-up timeout", provider=cell.name)
-        if results is not None:
-            results[cell.name] = error
+        return await self._life.warm_up(timeout)
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -428,7 +254,9 @@ class TokenPool:
         Raises:
             TokenRequestError: the token request failed (a subclass says how).
             TokenWaitTimeout: *timeout* ran out; the refresh goes on for others.
-            UnknownProviderError, PoolStateError, ForkedPoolError.
+            UnknownProviderError: no provider of that name.
+            PoolStateError: the pool is not open.
+            ForkedPoolError: used in a child process after ``fork()``.
         """
         try:
             cell = self._cells[name]
@@ -449,7 +277,9 @@ class TokenPool:
         integer increment.
 
         Raises:
-            UnknownProviderError, PoolStateError, ForkedPoolError.
+            UnknownProviderError: no provider of that name.
+            PoolStateError: the pool is not open.
+            ForkedPoolError: used in a child process after ``fork()``.
         """
         cell = self._cells.get(name)
         if cell is None:
@@ -462,8 +292,6 @@ class TokenPool:
 
     def auth(self, name: str) -> httpx.Auth:
         """An ``httpx.Auth`` that adds provider *name*'s token and headers, and recovers from a 401."""
-        from ._auth import TokenAuth
-
         if name not in self._all_cells:
             raise self._lookup_error(name)
         return TokenAuth(self, name)
@@ -513,7 +341,7 @@ class TokenPool:
         if self._metrics is not None:
             await anyio.to_thread.run_sync(self._metrics.touch_all, {cell.group})
         if warm_up:
-            await self._warm_one(cell, self._warm_up_timeout)
+            await warm_one(cell, self._warm_up_timeout)
 
     def report_unauthorized(self, name: str, *, retried: bool) -> None:
         """Count an API response with status 401 for *name* (for auth flows other than ours)."""
@@ -543,51 +371,17 @@ class TokenPool:
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of every cell: counters, schedule, last error (never a token)."""
-        now = self._now()
-        cells = {}
-        for name, cell in self._all_cells.items():
-            token = cell.token
-            cells[name] = CellStatistics(
-                name=name,
-                kind=cell.provider.kind,
-                hits=cell.hits + cell.foreign_hits,
-                misses=cell.misses,
-                token_requests=cell.requests,
-                waiting=cell.waiting,
-                refreshing=cell.refreshing,
-                consecutive_failures=cell.failures,
-                has_token=token is not None and now < token.usable_until,
-                seconds_until_refresh=None if token is None else token.refresh_at - now,
-                seconds_until_expiry=None if token is None else token.expires_at - now,
-                last_error=None if cell.last_error is None else str(cell.last_error),
-            )
-        return PoolStatistics(cells=cells)
+        return statistics_of(self._all_cells, self._now())
 
     def __repr__(self) -> str:
-        return f"<TokenPool {self._state} providers={list(self._all_cells)}>"
+        return f"<TokenPool {self._life.state} providers={list(self._all_cells)}>"
 
     # -- internals ----------------------------------------------------------------------------
 
     def _require_open(self) -> dict[str, Cell]:
-        if self._state == "open":
-            return self._cells
-        raise self._state_error()
-
-    def _state_error(self) -> PoolStateError:
-        if self._state == "forked" or (self._state == "open" and os.getpid() != self._pid):
-            return ForkedPoolError(
-                "this TokenPool was opened in another process and used after fork(); "
-                "create a new pool in the child (tokenpool.contrib.celery does this for Celery)"
-            )
-        if self._state == "new":
-            return PoolStateError("the TokenPool is not open: use 'async with TokenPool(...) as pool'")
-        return PoolStateError("the TokenPool is closed")
+        return self._life.require_open()
 
     def _lookup_error(self, name: str) -> Exception:
-        if self._state != "open":
-            return self._state_error()
+        if self._life.state != "open":
+            return self._life.state_error()
         return UnknownProviderError(name, list(self._all_cells))
-
-
-def _positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

@@ -4,12 +4,18 @@ The cell (``_cell.py``) holds the state and the single flight; it asks this
 module *when* to send the next token request, *whether* an answer is a token
 it may serve, *how long* to back off after a failure and *whether* a 401 may
 cause a refresh.  Every function takes "now" and the random draws as
-arguments, so tests pin every instant exactly.
+arguments, so tests pin every instant exactly.  The one exception is a
+``Retry-After`` the adapter could only give as a wall-clock instant
+(:attr:`TokenEndpointError.retry_at <tokenpool.TokenEndpointError.retry_at>`):
+:func:`retry_delay` reads its *wall_clock* argument (``time.time`` by
+default) to turn it into a wait, and only then.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 from ._exceptions import CredentialsRejected, InvalidTokenResponse, TokenEndpointError, TokenRequestError
 from ._timing import RefreshPolicy
@@ -80,6 +86,7 @@ def retry_delay(
     v: float,
     token: Token | None,
     now: float,
+    wall_clock: Callable[[], float] = time.time,
 ) -> float:
     """Seconds to wait before the next attempt after *failures* consecutive failures.
 
@@ -88,8 +95,11 @@ def retry_delay(
     rejected credentials.  A plain backoff step never jumps past the moment
     the current *token* stops being served: the last retry goes out just
     before it (``min(2 s, 1 % of L)`` ahead).
+
+    A ``Retry-After`` given as an instant (``error.retry_at``, Unix seconds)
+    is measured from ``wall_clock()``; *now* is monotonic and cannot be.
     """
-    retry_after = error.retry_after if isinstance(error, TokenEndpointError) else None
+    retry_after = _retry_after(error, wall_clock)
     rejected = isinstance(error, CredentialsRejected)
     delay = policy.backoff(failures, v, retry_after=retry_after, credentials_rejected=rejected)
     if token is not None and retry_after is None and not rejected:
@@ -97,6 +107,15 @@ def retry_delay(
         if now < last < now + delay:
             delay = last - now
     return delay
+
+
+def _retry_after(error: TokenRequestError, wall_clock: Callable[[], float]) -> float | None:
+    """The endpoint's ``Retry-After`` in seconds from now, if it gave one."""
+    if not isinstance(error, TokenEndpointError):
+        return None
+    if error.retry_after is None and error.retry_at is not None:
+        return max(0.0, error.retry_at - wall_clock())
+    return error.retry_after
 
 
 def last_chance(token: Token) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NoReturn
 
-__all__ = ["Secret"]
+__all__ = ["Secret", "settings_of"]
 
 
 class Secret:
@@ -76,3 +77,10 @@ class Secret:
 def as_secret(value: str | Secret) -> Secret:
     """Wrap *value* in a :class:`Secret` unless it already is one."""
     return value if isinstance(value, Secret) else Secret(value)
+
+
+def settings_of(obj: object) -> dict[str, Any]:
+    """An object's settings by name: a dataclass's fields, else its ``__dict__`` (searched for secrets)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return dict(getattr(obj, "__dict__", {}))

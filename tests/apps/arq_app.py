@@ -1,4 +1,4 @@
-"""The arq worker of tests/test_arq.py: jobs call the emulator's resource API through tokenpool."""
+"""The arq worker of tests/integrations/test_arq.py: jobs call the emulator's resource API via tokenpool."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Celery app of tests/test_celery.py: tasks call the emulator's resource API through tokenpool.
+"""The Celery app of tests/integrations/test_celery.py: tasks call the emulator's resource API.
 
 Configuration comes from the environment (see ``tests/_workers.py:app_env``);
 the providers factory reads the secret in each worker process.

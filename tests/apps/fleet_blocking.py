@@ -1,4 +1,4 @@
-"""Run by tests/test_fleet_integrations.py: one process of a fleet of scripts using ``BlockingTokenPool``.
+"""Run by tests/integrations/test_fleet_integrations.py: one of a fleet of ``BlockingTokenPool`` scripts.
 
 The pool gets ``store=`` from ``fleet_options`` (a keyword argument, as in
 code); a few threads make resource calls through ``pool.auth()``, and the

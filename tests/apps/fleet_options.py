@@ -1,4 +1,4 @@
-"""The fleet tier in the test apps (tests/test_fleet_integrations.py), switched on from the environment.
+"""The fleet tier in the test apps (tests/integrations/test_fleet_integrations.py), set from the environment.
 
 - ``TOKENPOOL_TEST_STORE_URL``: the pool gets ``store=RedisStore(url)`` as a
   keyword argument, as in code.

@@ -1,4 +1,4 @@
-"""Run by tests/test_locust.py: greenlets keep calling the API while every token is revoked.
+"""Run by tests/integrations/test_locust.py: greenlets keep calling the API while every token is revoked.
 
 Monkey-patched first, as under the locust command, and using tokenpool.contrib.locust's
 pool and requests auth: each greenlet's call must still come back 200, the
@@ -33,7 +33,7 @@ import httpx
 import requests
 
 from tokenpool import RefreshPolicy, Secret
-from tokenpool._auth import MAX_REPLAY_BODY_BYTES
+from tokenpool._replay import MAX_REPLAY_BODY_BYTES
 from tokenpool.contrib import locust as tokenpool_locust
 from tokenpool.providers import ClientCredentials, Provider
 
@@ -52,13 +52,27 @@ def providers(refresh: RefreshPolicy | None = None) -> dict[str, Provider]:
     }
 
 
-def user(statuses: list[int], revoke_at: gevent.event.Event) -> None:
+class Halfway:
+    """Every user's first half of calls is done: a count, and an event set when it reaches GREENLETS."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.everyone = gevent.event.Event()
+
+    def arrive(self) -> None:
+        self.count += 1
+        if self.count == GREENLETS:
+            self.everyone.set()
+
+
+def user(statuses: list[int], halfway: Halfway, revoke_at: gevent.event.Event) -> None:
     url = os.environ["TOKENPOOL_TEST_API_URL"] + "/api/resource"
     # Per request: a session-level verify loses to $REQUESTS_CA_BUNDLE when it is set.
     ca_file = os.environ["TOKENPOOL_TEST_CA_FILE"]
     with requests.Session() as session:
         for call in range(CALLS):
             if call == CALLS // 2:
+                halfway.arrive()
                 revoke_at.wait(timeout=30)
             with tokenpool_locust.in_flight():
                 response = session.get(
@@ -73,10 +87,12 @@ def main() -> int:
     tokenpool_locust.install(providers, max_in_flight=8, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"])
     pool = tokenpool_locust.get_pool()
     statuses: list[int] = []
-    revoke_at = gevent.event.Event()
-    users = [gevent.spawn(user, statuses, revoke_at) for _ in range(GREENLETS)]
-    gevent.sleep(0.3)
-    # Revoke every token the emulator issued; the pool still thinks its token is fresh.
+    halfway, revoke_at = Halfway(), gevent.event.Event()
+    users = [gevent.spawn(user, statuses, halfway, revoke_at) for _ in range(GREENLETS)]
+    # Once every user is halfway through its calls (bounded, so a stuck user fails the run),
+    # revoke every token the emulator issued; the pool still thinks its token is fresh.
+    if not halfway.everyone.wait(timeout=60):
+        raise RuntimeError(f"only {halfway.count} of {GREENLETS} users got halfway")
     admin = httpx.post(f"{os.environ['TOKENPOOL_TEST_ADMIN_URL']}/revoke", json={"provider": "generic"})
     admin.raise_for_status()
     revoke_at.set()

@@ -1,4 +1,4 @@
-"""A Starlette app whose lifespan opens a TokenPool; tests/test_lifecycle.py serves it with hypercorn.
+"""A Starlette app whose lifespan opens a TokenPool; tests/pool/test_lifecycle.py serves it with hypercorn.
 
 The pool is opened when the server starts and closed when it stops, by
 Starlette's ``lifespan`` context manager, as a web service would do it.

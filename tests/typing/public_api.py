@@ -18,11 +18,11 @@ import tokenpool
 from tokenpool import (
     BlockingTokenPool,
     CredentialsRejected,
-    ManualClock,
     PoolStatistics,
     RefreshPolicy,
     RenewalDeferred,
     Secret,
+    SyncTokenAuth,
     Token,
     TokenEndpointError,
     TokenPool,
@@ -32,6 +32,7 @@ from tokenpool import (
 )
 from tokenpool.fleet import RedisStore
 from tokenpool.providers import ClientCredentials, Navro, Provider, Zertiban
+from tokenpool.testing import ManualClock
 
 
 def providers() -> Mapping[str, Provider]:
@@ -81,6 +82,9 @@ def celery_like_thread() -> None:
     with BlockingTokenPool(providers()) as pool:
         assert_type(pool.token("acme"), Token)
         assert_type(pool.auth("acme"), httpx.Auth)
+        with httpx.Client(auth=SyncTokenAuth(pool, "acme")) as client:
+            assert_type(client, httpx.Client)
+        pool.report_unauthorized("acme", retried=False)
 
 
 class ScriptedSource:

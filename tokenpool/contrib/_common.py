@@ -7,10 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from .._exceptions import ConfigurationError
-from .._pool import PoolStatistics
+from .._statistics import PoolStatistics
+from ..logging import library_logger
 from ..providers import Provider
 
 __all__ = [
@@ -103,9 +102,9 @@ def pool_recipe(
 
 
 def logger_from(pool_options: Mapping[str, Any]) -> Any:
-    """The logger the pool itself will use (the user's, or tokenpool's structlog logger)."""
+    """The logger the pool itself will use (the user's, or :func:`tokenpool.logging.library_logger`)."""
     logger = pool_options.get("logger")
-    return logger if logger is not None else structlog.get_logger("tokenpool")
+    return logger if logger is not None else library_logger()
 
 
 def log_opened(logger: Any, integration: str, providers: list[str], **fields: Any) -> None:

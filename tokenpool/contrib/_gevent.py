@@ -33,16 +33,20 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
-import gevent
-import gevent.event
 import httpx
-from gevent.monkey import get_original
 
 from .._auth import SyncTokenAuth
 from .._exceptions import ForkedPoolError, PoolStateError
-from .._pool import PoolStatistics, TokenPool
+from .._extras import require_extra
+from .._pool import TokenPool
+from .._statistics import PoolStatistics
 from .._token import Token
 from ..providers import Provider
+
+with require_extra("locust", feature="tokenpool.contrib.locust (gevent)"):
+    import gevent
+    import gevent.event
+    from gevent.monkey import get_original
 
 __all__ = ["GeventTokenPool"]
 
@@ -206,18 +210,16 @@ class GeventTokenPool:
     def auth(self, name: str) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.Client``: bearer header, provider headers, one retry on 401."""
         self._pool.api_headers(name)  # raises UnknownProviderError early
-        return SyncTokenAuth(
-            name,
-            get_token=self.token,
-            invalidate=self.invalidate,
-            api_headers=self._pool.api_headers,
-            report_401=self.report_unauthorized,
-        )
+        return SyncTokenAuth(self, name)
 
-    def report_unauthorized(self, name: str, retried: bool) -> None:
+    def report_unauthorized(self, name: str, *, retried: bool) -> None:
         """Count and log an API 401 (on the loop thread, where the pool's metrics live)."""
         loop = self._require_loop()
         loop.call_soon_threadsafe(functools.partial(self._pool.report_unauthorized, name, retried=retried))
+
+    def api_headers(self, name: str) -> Mapping[str, str]:
+        """The provider's headers for every API call besides ``Authorization``."""
+        return self._pool.api_headers(name)
 
     def statistics(self) -> PoolStatistics:
         return self._pool.statistics()

@@ -65,10 +65,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from celery import Celery, signals
 
 from .._blocking import BlockingTokenPool
 from .._exceptions import ConfigurationError
+from .._extras import require_extra
 from .._token import Token
 from ._common import (
     PoolRecipe,
@@ -79,6 +79,9 @@ from ._common import (
     logger_from,
     pool_recipe,
 )
+
+with require_extra("celery", feature="tokenpool.contrib.celery"):
+    from celery import Celery, signals
 
 __all__ = [
     "ClientFactory",

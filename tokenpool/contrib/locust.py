@@ -61,20 +61,25 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import gevent.lock
 import httpx
-import locust
-import requests
-from locust.env import Environment
-from locust.event import Events
-from locust.runners import MasterRunner, Runner
-from requests.auth import AuthBase
 
-from .._auth import BodyRecording, CannotReplay, Step, SyncSteps, refuse_plain_http, unauthorized_flow
+from .._auth import SyncSteps, refuse_plain_http
+from .._auth_flow import CannotReplay, Step, unauthorized_flow
 from .._exceptions import ConfigurationError
+from .._extras import require_extra
+from .._replay import BodyRecording
 from .._token import Token
 from ._common import PoolRecipe, ProvidersFactory, log_closed, log_opened, logger_from, pool_recipe
 from ._gevent import GeventTokenPool
+
+with require_extra("locust", feature="tokenpool.contrib.locust"):
+    import gevent.lock
+    import locust
+    import requests
+    from locust.env import Environment
+    from locust.event import Events
+    from locust.runners import MasterRunner, Runner
+    from requests.auth import AuthBase
 
 __all__ = [
     "GeventTokenPool",
@@ -241,7 +246,7 @@ class RequestsAuth(AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         pool = get_pool()
         name = self.name
-        steps = SyncSteps(name, pool.token, pool.invalidate, pool.report_unauthorized)
+        steps = SyncSteps(pool, name)
         flow = unauthorized_flow(request, _PreparedRequestAdapter(pool, name))
         # requests sends the first attempt itself: run the flow up to it now,
         # and resume it from the response hook.

@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .._secret import Secret
+from .._secret import Secret, settings_of
 from ..providers import ClientCertificate
-from ..providers._base import vars_of
 
 if TYPE_CHECKING:
     from .._token import TokenResponse
@@ -124,7 +123,7 @@ def _identity(provider: Provider) -> tuple[bytes, bytes]:
     """(the provider's secrets as HMAC key material, its non-secret identity as canonical bytes)."""
     secrets: list[bytes] = []
     fields: dict[str, Any] = {}
-    for name, value in sorted(vars_of(provider).items()):
+    for name, value in sorted(settings_of(provider).items()):
         if name in _NOT_IDENTITY or name.startswith("_"):
             continue
         if isinstance(value, Secret):

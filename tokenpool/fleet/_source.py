@@ -51,25 +51,32 @@ time, like Redis's own expiries.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import structlog
 
 from .._metrics import STORE_OUTCOMES
 from .._schedule import last_chance
 from .._source import RenewalDeferred
 from .._token import TokenResponse
-from . import _scripts
-from ._codec import Garbage, Keys, SharedToken, decode_value, encode_value_prefix, keys_for, token_digest
+from ..logging import library_logger
+from ._codec import (
+    Cipher,
+    Garbage,
+    Keys,
+    SharedToken,
+    decode_value,
+    encode_value_prefix,
+    keys_for,
+    token_digest,
+)
+from ._connection import probe, require_asyncio
+from ._link import Deadlines, Snapshot, StoreFault, StoreLink
 from ._listener import Listener
-from ._store import RedisStore, probe, require_asyncio
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -77,7 +84,7 @@ if TYPE_CHECKING:
     from .._token import Token
     from ..providers import Provider
 
-__all__ = ["STORE_OUTCOMES", "FleetTokenSource"]
+__all__ = ["STORE_OUTCOMES", "FleetTokenSource", "StoreSettings"]
 
 #: Beyond the provider's safety margin, the least life (as a fraction of the lifetime, at most
 #: one second) a shared token must have left to be adopted rather than replaced.
@@ -85,23 +92,27 @@ _ADOPT_SLACK_RATIO = 0.05
 _ADOPT_SLACK_MAX = 1.0
 
 
-class _StoreFault(Exception):
-    """A Redis operation failed, timed out or returned garbage."""
+class StoreSettings(Deadlines, Protocol):
+    """What a :class:`FleetTokenSource` reads of its store (a :class:`~tokenpool.fleet.RedisStore`)."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        super().__init__(type(error).__name__)
+    @property
+    def url(self) -> str: ...
 
+    @property
+    def encrypted(self) -> bool: ...
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """One read: the raw value (or ``None``), the server's time, whether a lease is held, and
-    the pool clock's reading taken just before the round trip."""
+    @property
+    def poll_interval(self) -> float: ...
 
-    raw: bytes | None
-    redis_now: float
-    leased: bool
-    local_at: float
+    @property
+    def retry_after_failure(self) -> float: ...
+
+    @property
+    def key_prefix(self) -> str: ...
+
+    def cipher(self) -> Cipher | None: ...
+
+    async def connect(self) -> Any: ...
 
 
 class FleetTokenSource:
@@ -114,14 +125,14 @@ class FleetTokenSource:
         fallback: The HTTP source: the lease holder's fetches, and every
             fetch while the store is faulty.
         clock: The pool's clock.
-        log: A structlog-style logger (``None``: ``structlog.get_logger("tokenpool")``).
+        log: A structlog-style logger (``None``: :func:`tokenpool.logging.library_logger`).
         on_event: ``on_event(outcome, provider_name)`` for metrics, with an
             outcome from :data:`STORE_OUTCOMES`.
     """
 
     def __init__(
         self,
-        store: RedisStore,
+        store: StoreSettings,
         fallback: TokenSource,
         *,
         clock: Clock,
@@ -131,26 +142,23 @@ class FleetTokenSource:
         self._store = store
         self._fallback = fallback
         self._clock = clock
-        self._log = log if log is not None else structlog.get_logger("tokenpool")
+        self._log = log if log is not None else library_logger()
         self._on_event = on_event
         self._cipher = store.cipher()
-        self._client: Any = None
-        self._scripts: dict[str, Any] = {}
-        # Set by a store fault, cleared by the next Redis round trip that succeeds.
-        self._faulted = False
+        self._link = StoreLink(store, clock=clock, log=self._log, on_event=on_event)
 
     def __repr__(self) -> str:
-        state = "closed" if self._client is None else ("fallback" if self.in_fallback else "shared")
+        state = "closed" if self._link.client is None else ("fallback" if self.in_fallback else "shared")
         return f"<FleetTokenSource {state} store={self._store!r}>"
 
     @property
-    def store(self) -> RedisStore:
+    def store(self) -> StoreSettings:
         return self._store
 
     @property
     def in_fallback(self) -> bool:
         """Whether the last Redis round trip failed (fetches fall back or defer until one succeeds)."""
-        return self._faulted
+        return self._link.faulted
 
     # -- TokenSource ----------------------------------------------------------------------------
 
@@ -165,32 +173,10 @@ class FleetTokenSource:
         try:
             await self._fallback.open()
         except BaseException:
-            await self._close_client(client)
+            await self._link.close_client(client)
             raise
-        self._scripts = {
-            "read": client.register_script(_scripts.READ),
-            "acquire": client.register_script(_scripts.ACQUIRE),
-            "publish": client.register_script(_scripts.PUBLISH),
-            "release": client.register_script(_scripts.RELEASE),
-            "fence": client.register_script(_scripts.FENCE),
-        }
-        self._client = client
-        await self._warm(client)
-
-    async def _warm(self, client: Any) -> None:
-        """Connect and load the scripts now, in one round trip, so that the first fetches
-        (the pool's warm-up, every cell at once) do not spend their operation deadline
-        on a TCP connection, AUTH and a NOSCRIPT retry.  Best effort and bounded: a
-        Redis that is down here is the first fetch's fault to count."""
-        with anyio.move_on_after(max(0.5, 4 * self._store.operation_timeout)):
-            try:
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.ping()
-                    for script in self._scripts.values():
-                        pipe.script_load(script.script)
-                    await pipe.execute()
-            except Exception as exc:
-                self._log.debug("fleet.store.warm_failed", error=type(exc).__name__)
+        self._link.attach(client)
+        await self._link.warm()
 
     async def prepare(self, provider: Provider) -> None:
         await self._fallback.prepare(provider)
@@ -204,11 +190,11 @@ class FleetTokenSource:
         rejected: bool,
         may_defer: bool = False,
     ) -> TokenResponse:
-        if self._client is not None:
+        if self._link.client is not None:
             try:
                 return await self._shared_fetch(name, provider, previous, rejected)
-            except _StoreFault as fault:
-                self._fault(name, fault.error)
+            except StoreFault as fault:
+                self._link.fault(name, fault.error)
                 retry_in = self._deferral(previous) if may_defer and previous is not None else None
                 if retry_in is not None:
                     self._emit("deferred", name)
@@ -232,11 +218,10 @@ class FleetTokenSource:
         return min(self._store.retry_after_failure, max(self._store.poll_interval, spare / 2))
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        self._scripts = {}
+        client = self._link.detach()
         try:
             if client is not None:
-                await self._close_client(client)
+                await self._link.close_client(client)
         finally:
             await self._fallback.aclose()
 
@@ -250,7 +235,8 @@ class FleetTokenSource:
             ``clock_skew_seconds`` (the server's wall clock minus this host's)
             and ``error`` (the exception type, if any).
         """
-        if self._client is None:
+        client = self._link.client
+        if client is None:
             return {
                 "ok": False,
                 "url": self._store.url,
@@ -260,7 +246,13 @@ class FleetTokenSource:
                 "clock_skew_seconds": None,
                 "error": "the source is not open",
             }
-        return await probe(self._store, self._client, fallback=self.in_fallback)
+        return await probe(
+            client,
+            url=self._store.url,
+            encrypted=self._store.encrypted,
+            operation_timeout=self._store.operation_timeout,
+            fallback=self.in_fallback,
+        )
 
     # -- the shared path --------------------------------------------------------------------------
 
@@ -269,11 +261,9 @@ class FleetTokenSource:
     ) -> TokenResponse:
         keys = keys_for(provider, self._store.key_prefix)
         previous_digest = None if previous is None else token_digest(previous.access_token)
-        if rejected and previous_digest is not None:
-            deleted = await self._call(name, "fence", [keys.token], [previous_digest])
-            if _integer(deleted) == 1:
-                self._emit("fenced", name)
-                self._log.info("fleet.store.fenced", provider=name)
+        if rejected and previous_digest is not None and await self._link.fence(name, keys, previous_digest):
+            self._emit("fenced", name)
+            self._log.info("fleet.store.fenced", provider=name)
         started = anyio.current_time()
         # The holder's request may take request_timeout; a dead holder's lease lasts lease_ttl.
         deadline = started + provider.refresh.request_timeout + self._store.lease_ttl
@@ -283,10 +273,10 @@ class FleetTokenSource:
             deadline = min(deadline, started + max(0.0, last_chance(previous) - self._clock.now()))
         waiting = False
         async with Listener(
-            self._client, keys.channel, timeout=self._store.operation_timeout, log=self._log
+            self._link.client, keys.channel, timeout=self._store.operation_timeout, log=self._log
         ) as listener:
             while True:
-                snapshot = await self._read(name, keys)
+                snapshot = await self._link.read(name, keys)
                 if snapshot.raw is not None:
                     shared = self._decode(snapshot.raw, keys)
                     response = self._adoptable(shared, snapshot, provider, previous, previous_digest)
@@ -296,7 +286,7 @@ class FleetTokenSource:
                 changed = False
                 if not snapshot.leased:
                     owner = f"{os.getpid()}-{secrets.token_hex(12)}"
-                    status = await self._acquire(name, keys, owner, snapshot.raw)
+                    status = await self._link.acquire(name, keys, owner, snapshot.raw)
                     if status == 1:
                         self._emit("lease_won", name)
                         return await self._fetch_and_publish(name, provider, previous, rejected, keys, owner)
@@ -344,70 +334,22 @@ class FleetTokenSource:
                 response = dataclasses.replace(response, sent_at=sent_at)
             try:
                 written = await self._publish(name, keys, response, sent_at, owner)
-            except _StoreFault as fault:
+            except StoreFault as fault:
                 # The token is good; only sharing it failed.  Release the lease (if Redis
                 # answers) so that the fleet's waiters need not sit out its TTL.
-                self._fault(name, fault.error)
+                self._link.fault(name, fault.error)
                 if owner:
-                    await self._release(keys, owner)
+                    await self._link.release(keys, owner)
             else:
                 if written:
                     self._emit("published", name)
         except BaseException:
             if owner:
-                await self._release(keys, owner)
+                await self._link.release(keys, owner)
             raise
         return response
 
-    # -- Redis operations -------------------------------------------------------------------------
-
-    async def _call(self, name: str, script: str, keys: list[str], args: list[str]) -> Any:
-        """One script round trip within the operation deadline; any failure is a :class:`_StoreFault`."""
-        try:
-            # A busy worker's loop may wake up past the deadline with the reply already
-            # received: anyio then lets the reply through rather than cancelling (see
-            # test_a_reply_that_arrived_while_the_loop_ran_late_is_not_a_timeout).
-            with anyio.fail_after(self._store.operation_timeout):
-                result = await self._scripts[script](keys=keys, args=args)
-        except Exception as exc:
-            raise _StoreFault(exc) from exc
-        if self._faulted:
-            self._faulted = False
-            self._emit("recovered", name)
-            self._log.info("fleet.store.recovered", provider=name)
-        return result
-
-    async def _read(self, name: str, keys: Keys) -> _Snapshot:
-        local_at = self._clock.now()
-        reply = await self._call(name, "read", [keys.token, keys.lease], [])
-        self._emit("read", name)
-        try:
-            raw, seconds, micros, leased = reply
-            if raw is not None and not isinstance(raw, bytes):
-                raise Garbage("the read script answered with an unexpected type")  # noqa: TRY301
-            redis_now = int(seconds) + int(micros) / 1e6
-        except (TypeError, ValueError, Garbage) as exc:
-            detail = f"unexpected answer to the read script ({type(exc).__name__})"
-            raise _StoreFault(Garbage(detail)) from None
-        return _Snapshot(raw=raw, redis_now=redis_now, leased=_integer(leased) == 1, local_at=local_at)
-
-    async def _acquire(self, name: str, keys: Keys, owner: str, seen: bytes | None) -> int:
-        seen_sha1 = "" if seen is None else hashlib.sha1(seen, usedforsecurity=False).hexdigest()
-        ttl_ms = str(max(1, round(self._store.lease_ttl * 1000)))
-        try:
-            reply = await self._call(name, "acquire", [keys.token, keys.lease], [owner, ttl_ms, seen_sha1])
-        except _StoreFault:
-            # The lease may have been taken without our seeing the answer (a reply past
-            # the deadline): release it, or the fleet's renewals wait for it until their
-            # last chance and then all fetch per process.  Bounded; a Redis that is down
-            # refuses at once and any lease expires on its own.
-            await self._release(keys, owner)
-            raise
-        except BaseException:
-            # Cancelled: the lease may have been taken without our seeing the answer.
-            await self._release(keys, owner)
-            raise
-        return _integer(reply)
+    # -- values -----------------------------------------------------------------------------------
 
     async def _publish(
         self, name: str, keys: Keys, response: TokenResponse, sent_at: float, owner: str
@@ -415,37 +357,19 @@ class FleetTokenSource:
         try:
             prefix = encode_value_prefix(response, keys, self._cipher)
         except Exception as exc:
-            raise _StoreFault(exc) from None
-        # Measured just before the round trip; the script subtracts it from the server's TIME.
-        age = max(0.0, self._clock.now() - sent_at)
-        reply = await self._call(
-            name,
-            "publish",
-            [keys.token, keys.lease, keys.gen],
-            [prefix, f"{age:.6f}", repr(float(response.expires_in)), owner, keys.channel],
-        )
-        if not isinstance(reply, list) or not reply:
-            raise _StoreFault(Garbage("unexpected answer to the publish script"))
-        return _integer(reply[0]) == 1
-
-    async def _release(self, keys: Keys, owner: str) -> None:
-        """Compare-and-delete the lease; shielded and bounded, failures ignored (the lease expires)."""
-        with anyio.move_on_after(self._store.operation_timeout, shield=True):
-            try:
-                await self._scripts["release"](keys=[keys.lease], args=[owner])
-            except Exception as exc:
-                self._log.debug("fleet.store.release_failed", error=type(exc).__name__)
+            raise StoreFault(exc) from None
+        return await self._link.publish(name, keys, prefix, sent_at, response.expires_in, owner)
 
     def _decode(self, raw: bytes, keys: Keys) -> SharedToken:
         try:
             return decode_value(raw, keys, self._cipher)
         except Garbage as exc:
-            raise _StoreFault(exc) from None
+            raise StoreFault(exc) from None
 
     def _adoptable(
         self,
         shared: SharedToken,
-        snapshot: _Snapshot,
+        snapshot: Snapshot,
         provider: Provider,
         previous: Token | None,
         previous_digest: str | None,
@@ -473,38 +397,5 @@ class FleetTokenSource:
             sent_at=sent_at,
         )
 
-    # -- faults -----------------------------------------------------------------------------------
-
-    def _fault(self, name: str, error: BaseException) -> None:
-        """Count a store fault; log it once per run of faults (the next success logs the recovery)."""
-        self._emit("error", name)
-        fields: dict[str, Any] = {"provider": name, "error": type(error).__name__}
-        if isinstance(error, Garbage):
-            fields["detail"] = str(error)  # fixed wording that never quotes the value
-        if self._faulted:
-            # Still failing: counted, not logged again at warning level.
-            self._log.debug("fleet.store.still_failing", **fields)
-        else:
-            self._faulted = True
-            self._log.warning("fleet.store.unavailable", **fields)
-
     def _emit(self, outcome: str, name: str) -> None:
         self._on_event(outcome, name)
-
-    async def _close_client(self, client: Any) -> None:
-        with anyio.move_on_after(max(1.0, 4 * self._store.operation_timeout), shield=True):
-            try:
-                await client.aclose()
-            except Exception as exc:
-                self._log.debug("fleet.store.close_failed", error=type(exc).__name__)
-
-
-def _integer(value: object) -> int:
-    """An integer reply, or a store fault (a script answered with something else)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
-        return int(value)
-    raise _StoreFault(Garbage("a script answered with something other than an integer"))

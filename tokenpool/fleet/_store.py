@@ -1,4 +1,4 @@
-"""``RedisStore``: the settings of the fleet tier, and the Redis client built from them."""
+"""``RedisStore``: the fleet tier's settings, checked, and what a pool asks of them (its token source)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,22 @@ import importlib.util
 import math
 import os
 import re
-import ssl
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
-import certifi
 
 from .._exceptions import ConfigurationError
 from .._secret import Secret
+from .._source import TokenSource
 from ._codec import Cipher, keys_for
+from ._connection import make_client, probe
+from ._source import FleetTokenSource
 
 if TYPE_CHECKING:
     from .._clock import Clock
-    from .._source import TokenSource
     from ..providers import Provider
-    from ._source import FleetTokenSource
 
 __all__ = ["RedisStore"]
 
@@ -249,9 +246,6 @@ class RedisStore:
             on_event: Called as ``on_event(outcome, provider_name)`` with an
                 outcome from :data:`~tokenpool.fleet.STORE_OUTCOMES`.
         """
-        from .._source import TokenSource
-        from ._source import FleetTokenSource
-
         if not isinstance(fallback, TokenSource):
             raise ConfigurationError(f"fallback must be a TokenSource, got {type(fallback).__name__}")
         if not callable(on_event):
@@ -266,7 +260,13 @@ class RedisStore:
         """
         client = await self.connect()
         try:
-            return await probe(self, client, fallback=False)
+            return await probe(
+                client,
+                url=self.url,
+                encrypted=self.encrypted,
+                operation_timeout=self.operation_timeout,
+                fallback=False,
+            )
         finally:
             with anyio.move_on_after(self.operation_timeout * 4 + 1.0, shield=True):
                 await client.aclose()
@@ -294,105 +294,16 @@ class RedisStore:
         Raises:
             ConfigurationError: not running on asyncio, or the CA bundle cannot be loaded.
         """
-        require_asyncio()
-        import redis.asyncio
-        import redis.asyncio.connection
-
-        from ._credentials import secret_credentials
-
-        kwargs: dict[str, Any] = {
-            "host": self._host,
-            "port": self._port,
-            "db": self._db,
-            # redis-py's own socket deadlines match ours, so a stalled socket is
-            # dropped rather than left half-read for the next command.
-            "socket_timeout": self.operation_timeout,
-            "socket_connect_timeout": self.operation_timeout,
-            "health_check_interval": 0,
-            "decode_responses": False,
-            "retry_on_timeout": False,
-        }
-        if self._password is not None or self._username is not None:
-            # The password stays a Secret until the AUTH command is written.
-            kwargs["credential_provider"] = secret_credentials(self._username, self._password)
-        if self._tls:
-            context = await anyio.to_thread.run_sync(self._tls_context)
-            kwargs["connection_class"] = _prepared_tls_connection(context)
-        else:
-            kwargs["connection_class"] = redis.asyncio.connection.Connection
-        pool = redis.asyncio.ConnectionPool(**kwargs)
-        return redis.asyncio.Redis.from_pool(pool)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """Verification on, host name checked; runs in a worker thread (reads the CA bundle)."""
-        cafile = self.ssl_ca_certs or certifi.where()
-        try:
-            context = ssl.create_default_context(cafile=cafile)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigurationError(
-                f"RedisStore.ssl_ca_certs: cannot load {cafile!r} ({type(exc).__name__})"
-            ) from None
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        return context
-
-
-def _prepared_tls_connection(context: ssl.SSLContext) -> type[Any]:
-    """An ``SSLConnection`` that uses *context*, built off the event loop, instead of making its own.
-
-    redis-py would create a context (and read the CA bundle) on the event loop
-    for every new connection, and by default without host name checks.
-    """
-    from redis.asyncio.connection import SSLConnection
-
-    class PreparedTLSConnection(SSLConnection):
-        def _connection_arguments(self) -> Mapping[str, Any]:
-            return {"host": self.host, "port": self.port, "ssl": context}
-
-    return PreparedTLSConnection
-
-
-def require_asyncio() -> None:
-    """Refuse to run anywhere but asyncio: redis-py's asyncio client needs asyncio's loop."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            "the Redis store needs asyncio (redis-py's asyncio client); this pool runs on another "
-            "event loop: drop store= or run the pool on asyncio"
-        ) from None
-
-
-async def probe(store: RedisStore, client: Any, *, fallback: bool) -> dict[str, Any]:
-    """PING round trip and clock skew of the server against this host's wall clock."""
-    result: dict[str, Any] = {
-        "ok": False,
-        "url": store.url,
-        "encrypted": store.encrypted,
-        "fallback": fallback,
-        "ping_seconds": None,
-        "clock_skew_seconds": None,
-        "error": None,
-    }
-    try:
-        with anyio.fail_after(max(store.operation_timeout * 4, 1.0)):
-            # A generous bound here: a health check may pay the connection set-up.
-            await client.ping()
-            started = time.perf_counter()
-            await client.ping()
-            result["ping_seconds"] = round(time.perf_counter() - started, 6)
-            before = time.time()
-            seconds, micros = await client.time()
-            after = time.time()
-    except Exception as exc:
-        result["error"] = type(exc).__name__
-        return result
-    server = float(seconds) + float(micros) / 1e6
-    result["clock_skew_seconds"] = round(server - (before + after) / 2, 6)
-    result["ok"] = True
-    return result
+        return await make_client(
+            host=self._host,
+            port=self._port,
+            db=self._db,
+            username=self._username,
+            password=self._password,
+            tls=self._tls,
+            ssl_ca_certs=self.ssl_ca_certs,
+            operation_timeout=self.operation_timeout,
+        )
 
 
 def _parse_url(url: object) -> tuple[bool, str, int, int, str | None, str | None]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._argtypes import non_negative_number, positive_int, positive_number
 from ._emulator import emulator_specs
 from ._progress import ProgressPrinter
 from ._results import FleetResult
@@ -26,23 +27,6 @@ from ._run import run_fleet
 from ._settings import ALL_PROVIDERS, FIVE_PROVIDERS, FleetSettings
 
 __all__ = ["add_demo_arguments", "run_demo"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
 
 
 def _providers(text: str) -> tuple[str, ...]:
@@ -56,21 +40,21 @@ def _providers(text: str) -> tuple[str, ...]:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tokenpool demo``'s options to *parser*."""
     parser.add_argument(
-        "--workers", type=_positive_int, default=3, metavar="W", help="worker processes (default 3)"
+        "--workers", type=positive_int, default=3, metavar="W", help="worker processes (default 3)"
     )
     parser.add_argument(
         "--tasks",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         metavar="C",
         help="concurrent tasks per provider in each worker (default 10)",
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=30.0, metavar="S", help="seconds of load (default 30)"
+        "--duration", type=positive_number, default=30.0, metavar="S", help="seconds of load (default 30)"
     )
     parser.add_argument(
         "--lifetime-scale",
-        type=_positive_float,
+        type=positive_number,
         default=0.01,
         metavar="X",
         help="multiply every documented token lifetime by X (default 0.01: 300 s → 3 s, 600 s → 6 s, "
@@ -78,7 +62,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-lifetime",
-        type=float,
+        type=non_negative_number,
         default=None,
         metavar="S",
         help="cap every lifetime at S seconds so each provider is renewed several times during the run "
@@ -86,7 +70,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tenants",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="Zertiban tenants (businessUuids) per worker, one token each (default 3)",
@@ -100,7 +84,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="FIFO bound on each worker's in-flight HTTP requests; the other tasks queue in order "

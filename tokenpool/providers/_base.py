@@ -1,13 +1,19 @@
-"""The provider adapter interface: pure functions from settings to requests, and from answers to tokens."""
+"""The provider adapter interface: pure functions from settings to requests, and from answers to tokens.
+
+:class:`Provider` is the public interface every adapter implements, custom
+ones too.  :class:`DeclarativeProvider` is the skeleton the built-in adapters
+share, opt-in: an adapter declares its documented choices and writes only its
+wire format.
+"""
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-import math
 import os
+import re
 import ssl
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -15,12 +21,15 @@ from typing import Any, ClassVar, Self
 import httpx
 
 from .._exceptions import ConfigurationError, TokenRequestError
-from .._secret import Secret
+from .._scrub import MIN_BACKSTOP_SCRUB, scrub_error, secret_forms
+from .._secret import Secret, settings_of
 from .._timing import RefreshPolicy
 from .._token import TokenResponse
-from ._parse import MAX_EXPIRES_IN, MIN_BACKSTOP_SCRUB, scrub_error, secret_forms
+from ._parse import error_for_status, error_in_body, json_object, standard_token
+from ._settings import coerce_secret, require_choice, require_policy
+from ._wire import endpoint_url
 
-__all__ = ["ClientCertificate", "Provider"]
+__all__ = ["ClientCertificate", "DeclarativeProvider", "Provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +190,7 @@ class Provider(abc.ABC):
     def _secret_values(self, *, certificate: bool = True) -> list[str]:
         """The text of every ``Secret`` setting and, if *certificate*, of a client certificate's password."""
         values: list[str] = []
-        for value in vars_of(self).values():
+        for value in settings_of(self).values():
             secret = value.password if certificate and isinstance(value, ClientCertificate) else value
             if isinstance(secret, Secret):
                 values.append(secret.reveal())
@@ -206,115 +215,117 @@ def _longest_first(strings: list[str]) -> list[str]:
     return sorted(dict.fromkeys(s for s in strings if s), key=len, reverse=True)
 
 
-def vars_of(obj: object) -> dict[str, Any]:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return dict(getattr(obj, "__dict__", {}))
+#: A ``{field}`` in :attr:`DeclarativeProvider.endpoint_path`.
+_PATH_FIELD = re.compile(r"\{(\w+)\}")
 
 
-def coerce_secret(owner: object, name: str, *, min_length: int = 1, max_length: int | None = None) -> None:
-    """Turn a str field of a frozen dataclass into a :class:`Secret`, checking its length and text."""
-    value = getattr(owner, name)
-    if isinstance(value, str):
-        if not value:
-            raise ConfigurationError(f"{type(owner).__name__}.{name} must not be empty")
-        value = Secret(value)
-    if not isinstance(value, Secret):
-        raise ConfigurationError(f"{type(owner).__name__}.{name} must be a str or Secret")
-    if not _encodable(value.reveal()):
-        raise ConfigurationError(
-            f"{type(owner).__name__}.{name} must be valid Unicode text (it holds a lone surrogate)"
-        )
-    if len(value) < min_length or (max_length is not None and len(value) > max_length):
-        bounds = f"between {min_length} and {max_length}" if max_length else f"at least {min_length}"
-        # The length is fine to show; the value never is.
-        raise ConfigurationError(
-            f"{type(owner).__name__}.{name} must be {bounds} characters long (got {len(value)})"
-        )
-    object.__setattr__(owner, name, value)
+class DeclarativeProvider(Provider):
+    """The skeleton the built-in adapters share: each declares its documented choices, once.
 
+    A subclass is a frozen dataclass with a ``refresh`` field and a
+    ``token_url`` field (``init=False`` unless it is a setting); the
+    ``__post_init__`` here checks them.  (``refresh`` is not declared here: a
+    field of this class would come first in every adapter's signature and
+    repr.)  It declares, as plain class attributes:
 
-def require_text(owner: object, name: str) -> None:
-    """Insist that a setting is a non-blank ``str`` that can be encoded as UTF-8."""
-    value = getattr(owner, name)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{type(owner).__name__}.{name} must be a non-empty string")
-    if not _encodable(value):
-        raise ConfigurationError(
-            f"{type(owner).__name__}.{name} must be valid Unicode text (it holds a lone surrogate)"
-        )
+    - :attr:`base_urls`: the base URL of each ``environment`` (a field of the
+      subclass, checked to be one of them); a ``base_url`` field, when not
+      ``None``, overrides it.  Empty when the provider names no
+      environments: then ``base_url`` is the base.
+    - :attr:`endpoint_path`: appended to the base URL.  ``None``: ``token_url``
+      is a setting, which :meth:`_check_settings` checks.
+    - :attr:`success_statuses`, :attr:`status_hints` and
+      :attr:`default_expires_in`, which the parse template below uses.
 
+    and writes :meth:`build_request`, :meth:`credentials_hint` and
+    :meth:`_check_settings`.  Where the answer differs from RFC 6749, it
+    overrides :meth:`_refusal` (a non-success status) or
+    :meth:`_answer_error` (a success status).
 
-def require_optional_text(owner: object, name: str) -> None:
-    """Insist that a setting is ``None`` or a ``str`` that can be encoded as UTF-8 (it may be empty)."""
-    value = getattr(owner, name)
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{type(owner).__name__}.{name} must be a str or None")
-    if not _encodable(value):
-        raise ConfigurationError(
-            f"{type(owner).__name__}.{name} must be valid Unicode text (it holds a lone surrogate)"
-        )
-
-
-def require_text_mapping(owner: object, name: str) -> None:
-    """Insist that a setting maps non-empty ``str`` to ``str`` (UTF-8 encodable); store a ``dict`` copy."""
-    value = getattr(owner, name)
-    label = f"{type(owner).__name__}.{name}"
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{label} must be a mapping of str to str, got {type(value).__name__}")
-    for key, item in value.items():
-        if not isinstance(key, str) or not key or not _encodable(key):
-            raise ConfigurationError(f"{label}: every key must be a non-empty str of valid Unicode text")
-        # The value is not shown: it may be a credential.
-        if not isinstance(item, str) or not _encodable(item):
-            raise ConfigurationError(f"{label}[{key!r}] must be a str of valid Unicode text")
-    object.__setattr__(owner, name, dict(value))
-
-
-def require_lifetime(owner: object, name: str) -> None:
-    """Insist that an optional lifetime setting is a positive finite number of seconds; store it as a float.
-
-    ``None`` is left alone.  ``int``, ``float`` and numeric strings (a
-    ``${VAR}`` reference in a config file gives text) are accepted up to
-    :data:`~tokenpool.providers._parse.MAX_EXPIRES_IN`; booleans, NaN,
-    infinities, zero and negatives are refused.
+    Parsing is: a status not in :attr:`success_statuses` is
+    :meth:`_refusal`'s error (by default :func:`error_for_status`, with
+    :attr:`status_hints` and :meth:`credentials_hint`); the body must be a
+    JSON object; :meth:`_answer_error` (by default an RFC 6749 ``error``
+    field) may refuse it; then the RFC 6749 §5.1 fields make the token.
     """
-    value = getattr(owner, name)
-    if value is None:
-        return
-    label = f"{type(owner).__name__}.{name}"
-    number = math.nan
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            number = float(value.strip())
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range: finite, and far above the cap
-            number = MAX_EXPIRES_IN * 2 if value > 0 else -1.0
-    shown = repr(value) if isinstance(value, str | int | float) else f"a {type(value).__name__}"
-    if len(shown) > 40:
-        shown = shown[:39] + "…"
-    if not math.isfinite(number) or number <= 0:
-        raise ConfigurationError(f"{label} must be a positive finite number of seconds, got {shown}")
-    if number > MAX_EXPIRES_IN:
-        raise ConfigurationError(
-            f"{label} must be at most {MAX_EXPIRES_IN:.0f} seconds (366 days), got {shown}"
+
+    #: Base URL per environment name; empty when the provider names no environments.
+    base_urls: ClassVar[Mapping[str, str]] = {}
+    #: Path of the token endpoint below the base URL; ``{field}`` is that field's
+    #: value, percent-encoded as one path segment.  ``None``: ``token_url`` is a setting.
+    endpoint_path: ClassVar[str | None] = None
+    #: Statuses of an answer that may carry a token.
+    success_statuses: ClassVar[frozenset[int]] = frozenset({200})
+    #: Hints for refusals with these statuses (instead of :meth:`credentials_hint` or the default).
+    status_hints: ClassVar[Mapping[int, str]] = {}
+    #: The lifetime assumed when an answer has no ``expires_in``; ``None``: such an
+    #: answer is invalid.  Not a ``ClassVar``, so an adapter may make it a setting.
+    default_expires_in: float | None = None
+
+    def __post_init__(self) -> None:
+        self._check_settings()
+        if self.endpoint_path is not None:
+            object.__setattr__(self, "token_url", self._endpoint(self.endpoint_path))
+        require_policy(self)
+
+    @abc.abstractmethod
+    def _check_settings(self) -> None:
+        """Check (and normalise) the adapter's own settings, in the order their errors should come."""
+
+    @abc.abstractmethod
+    def credentials_hint(self) -> str:
+        """What to check when the token endpoint refuses the credentials."""
+
+    def _where(self, environment: str) -> str:
+        """Where credentials belong, for a hint: *environment*, or the host of a ``base_url`` overriding it.
+
+        A hint that named the sandbox would mislead when ``base_url`` points
+        elsewhere (an emulator, a proxy).
+        """
+        if getattr(self, "base_url", None) is not None:
+            return f"the server at {httpx.URL(self.token_url).netloc.decode('ascii')}"
+        return environment
+
+    def _endpoint(self, path: str) -> httpx.URL:
+        """The token URL: the environment's base URL, or ``base_url``, with *path* appended."""
+        # getattr: base_url and environment are fields of the subclass, not of this class.
+        base: str | None = getattr(self, "base_url", None)
+        if self.base_urls:
+            require_choice(self, "environment", self.base_urls)
+            if base is None:
+                base = self.base_urls[getattr(self, "environment")]  # noqa: B009
+        if base is None:
+            raise TypeError(f"{type(self).__name__} declares endpoint_path but no base URL")
+        path = _PATH_FIELD.sub(lambda field: urllib.parse.quote(getattr(self, field[1]), safe=""), path)
+        return endpoint_url(base, path, what=f"{type(self).__name__}.base_url")
+
+    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
+        secrets = self._secrets()
+        if status_code not in self.success_statuses:
+            raise self._refusal(status_code, headers, body, secrets)
+        data = json_object(body, status_code=status_code)
+        error = self._answer_error(data, status_code, secrets)
+        if error is not None:
+            raise error
+        return standard_token(data, default_expires_in=self.default_expires_in, secrets=secrets)
+
+    def _refusal(
+        self, status_code: int, headers: Mapping[str, str], body: bytes, secrets: list[str]
+    ) -> TokenRequestError:
+        """The error an answer with a status outside :attr:`success_statuses` stands for."""
+        return error_for_status(
+            status_code,
+            headers,
+            body,
+            credentials_hint=self.credentials_hint(),
+            secrets=secrets,
+            status_hints=self.status_hints,
         )
-    object.__setattr__(owner, name, number)
 
-
-def _encodable(text: str) -> bool:
-    """True unless *text* holds a lone surrogate, which has no UTF-8 form and would fail on the wire."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def require_policy(owner: object) -> None:
-    if not isinstance(owner.refresh, RefreshPolicy):  # type: ignore[attr-defined]
-        raise ConfigurationError(f"{type(owner).__name__}.refresh must be a RefreshPolicy")
+    def _answer_error(
+        self, data: Mapping[str, Any], status_code: int, secrets: list[str]
+    ) -> TokenRequestError | None:
+        """The error a decoded success answer stands for, or ``None`` if it carries a token."""
+        return error_in_body(
+            data, status_code=status_code, credentials_hint=self.credentials_hint(), secrets=secrets
+        )

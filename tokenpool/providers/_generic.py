@@ -12,25 +12,17 @@ import httpx
 from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
-from .._token import TokenResponse
 from .._urls import require_secure_url
-from ._base import (
-    Provider,
+from ._base import DeclarativeProvider
+from ._settings import (
     coerce_secret,
+    require_headers,
     require_lifetime,
     require_optional_text,
-    require_policy,
     require_text,
     require_text_mapping,
 )
-from ._parse import (
-    basic_authorization,
-    error_for_status,
-    error_in_body,
-    json_object,
-    require_headers,
-    standard_token,
-)
+from ._wire import basic_authorization
 
 __all__ = ["ClientCredentials"]
 
@@ -38,7 +30,7 @@ AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class ClientCredentials(Provider):
+class ClientCredentials(DeclarativeProvider):
     """A generic OAuth 2.0 client-credentials token endpoint (RFC 6749 §4.4).
 
     Args:
@@ -82,7 +74,7 @@ class ClientCredentials(Provider):
     extra_api_headers: Mapping[str, str] = field(default_factory=dict)
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         object.__setattr__(
             self, "token_url", require_secure_url(self.token_url, what="ClientCredentials.token_url")
         )
@@ -102,7 +94,6 @@ class ClientCredentials(Provider):
         basic = self.auth_method == "client_secret_basic"
         require_headers(self, "headers", reserved=["Authorization"] if basic else [])
         require_headers(self, "extra_api_headers", reserved=["Authorization"])
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         form: dict[str, str] = {"grant_type": "client_credentials"}
@@ -127,17 +118,9 @@ class ClientCredentials(Provider):
         quote = urllib.parse.quote_plus
         return basic_authorization(quote(self.client_id), quote(as_secret(self.client_secret).reveal()))
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
+    def credentials_hint(self) -> str:
         host = httpx.URL(self.token_url).host
-        hint = f"check client_id/client_secret for {host} and auth_method={self.auth_method!r}"
-        secrets = self._secrets()
-        if status_code != 200:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
-        data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
-        if error is not None:
-            raise error
-        return standard_token(data, default_expires_in=self.default_expires_in, secrets=secrets)
+        return f"check client_id/client_secret for {host} and auth_method={self.auth_method!r}"
 
     def api_headers(self) -> Mapping[str, str]:
         return self.extra_api_headers

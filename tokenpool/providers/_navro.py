@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import httpx
 
 from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
-from .._token import TokenResponse
-from ._base import Provider, coerce_secret, require_policy, require_text
-from ._parse import (
-    basic_authorization,
-    endpoint_url,
-    error_for_status,
-    error_in_body,
-    json_object,
-    require_header_value,
-    require_path_segment,
-    standard_token,
-)
+from ._base import DeclarativeProvider
+from ._settings import coerce_secret, require_header_value, require_path_segment, require_text
+from ._wire import basic_authorization
 
 __all__ = ["Navro"]
 
@@ -37,7 +27,7 @@ NAVRO_BASE_URLS: Mapping[str, str] = {
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class Navro(Provider):
+class Navro(DeclarativeProvider):
     """Navro: ``client_credentials`` with ``scope=openid`` over HTTP Basic, per company.
 
     ``POST {base}/authentication/{company}/token`` with ``X-API-Version``,
@@ -79,6 +69,14 @@ class Navro(Provider):
     """
 
     kind = "navro"
+    base_urls = NAVRO_BASE_URLS
+    endpoint_path = "/authentication/{company}/token"
+    default_expires_in = 300.0
+    status_hints: ClassVar[Mapping[int, str]] = {
+        401: "if the client secret was reset in the Navro Hub, the old one now fails: configure the new one "
+        "(a running pool takes it through "
+        "pool.replace_provider(name, provider.with_credentials(client_secret=...)))",
+    }
 
     client_id: str
     client_secret: str | Secret
@@ -89,21 +87,13 @@ class Navro(Provider):
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     token_url: httpx.URL = field(init=False)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         require_text(self, "client_id")
         if ":" in self.client_id:
             raise ConfigurationError("Navro.client_id must not contain ':' (HTTP Basic splits there)")
         coerce_secret(self, "client_secret")
         require_path_segment(self, "company")
         require_header_value(self, "api_version")
-        if self.environment not in NAVRO_BASE_URLS:
-            raise ConfigurationError(
-                f"Navro.environment must be one of {sorted(NAVRO_BASE_URLS)}, got {self.environment!r}"
-            )
-        base = NAVRO_BASE_URLS[self.environment] if self.base_url is None else self.base_url
-        path = f"/authentication/{urllib.parse.quote(self.company, safe='')}/token"
-        object.__setattr__(self, "token_url", endpoint_url(base, path, what="Navro.base_url"))
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         headers = {
@@ -119,27 +109,9 @@ class Navro(Provider):
         """The raw ``client_id:secret`` in HTTP Basic, as the doc describes it."""
         return basic_authorization(self.client_id, as_secret(self.client_secret).reveal())
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        hint = f"check client_id/secret for company {self.company!r} in the Navro {self.environment} Hub"
-        secrets = self._secrets()
-        if status_code != 200:
-            raise error_for_status(
-                status_code,
-                headers,
-                body,
-                credentials_hint=hint,
-                secrets=secrets,
-                status_hints={
-                    401: "if the client secret was reset in the Navro Hub, the old one now fails: put "
-                    "the new one into the running pool with pool.replace_provider(name, "
-                    "provider.with_credentials(client_secret=...))",
-                },
-            )
-        data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
-        if error is not None:
-            raise error
-        return standard_token(data, default_expires_in=300.0, secrets=secrets)
+    def credentials_hint(self) -> str:
+        where = self._where(f"the Navro {self.environment} Hub")
+        return f"check client_id/secret for company {self.company!r} in {where}"
 
     def api_headers(self) -> Mapping[str, str]:
         return {"X-API-Version": self.api_version}

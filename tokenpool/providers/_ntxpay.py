@@ -6,25 +6,18 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 
-from .._exceptions import ConfigurationError, CredentialsRejected, InvalidTokenResponse
+from .._exceptions import ConfigurationError, CredentialsRejected, InvalidTokenResponse, TokenRequestError
+from .._scrub import safe_text
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
-from .._token import TokenResponse
-from ._base import ClientCertificate, Provider, coerce_secret, require_policy, require_text
-from ._parse import (
-    endpoint_url,
-    error_fields,
-    error_for_status,
-    error_in_body,
-    json_body,
-    json_object,
-    safe_text,
-    standard_token,
-)
+from ._base import ClientCertificate, DeclarativeProvider
+from ._parse import error_fields, json_object
+from ._settings import coerce_secret, require_text
+from ._wire import json_body
 
 __all__ = ["NtxPayMX", "NtxPayPix"]
 
@@ -40,7 +33,6 @@ MX_BASE_URLS: Mapping[str, str] = {
 # also hold the chain or the private key, which never leave the process).
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
 
-_SUCCESS = frozenset({200, 201})
 _UNINFORMATIVE = frozenset({"", "unauthorized", "unauthorised"})
 
 
@@ -83,7 +75,7 @@ def _texts(data: Mapping[str, Any] | None) -> list[str]:
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class NtxPayMX(Provider):
+class NtxPayMX(DeclarativeProvider):
     """NTX Pay Mexico (SPEI): ``clientId``/``clientSecret`` in JSON over mutual TLS.
 
     ``POST {base}/api/auth/token`` with ``{"clientId", "clientSecret"}`` and
@@ -131,6 +123,15 @@ class NtxPayMX(Provider):
     """
 
     kind = "ntxpay_mx"
+    base_urls = MX_BASE_URLS
+    endpoint_path = "/api/auth/token"
+    success_statuses = frozenset({200, 201})
+    default_expires_in = 600.0
+    status_hints: ClassVar[Mapping[int, str]] = {
+        400: "NTX Pay did not get a usable X-SSL-Client-Cert header; tokenpool sends it on every token "
+        "request, so a proxy in between probably dropped it: configure NGINX/ALB to forward the client "
+        "certificate",
+    }
 
     client_id: str
     client_secret: str | Secret
@@ -141,20 +142,13 @@ class NtxPayMX(Provider):
     token_url: httpx.URL = field(init=False)
     _forwarded_certificate: str = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         certificate: object = self.client_certificate
         if not isinstance(certificate, ClientCertificate):
             raise ConfigurationError("NtxPayMX.client_certificate must be a ClientCertificate")
         require_text(self, "client_id")
         coerce_secret(self, "client_secret")
-        if self.environment not in MX_BASE_URLS:
-            raise ConfigurationError(
-                f"NtxPayMX.environment must be one of {sorted(MX_BASE_URLS)}, got {self.environment!r}"
-            )
-        base = MX_BASE_URLS[self.environment] if self.base_url is None else self.base_url
-        object.__setattr__(self, "token_url", endpoint_url(base, "/api/auth/token", what="NtxPayMX.base_url"))
         object.__setattr__(self, "_forwarded_certificate", forwarded_certificate(certificate))
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         body = json_body({"clientId": self.client_id, "clientSecret": as_secret(self.client_secret).reveal()})
@@ -165,40 +159,20 @@ class NtxPayMX(Provider):
         }
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        secrets = self._secrets()
-        if status_code == 401:
-            raise self._unauthorized(body)
-        if status_code not in _SUCCESS:
-            raise error_for_status(
-                status_code,
-                headers,
-                body,
-                credentials_hint=self._credentials_fix(),
-                secrets=secrets,
-                status_hints={
-                    400: "NTX Pay did not get a usable X-SSL-Client-Cert header; tokenpool sends it on "
-                    "every token request, so a proxy in between probably dropped it: configure "
-                    "NGINX/ALB to forward the client certificate",
-                },
-            )
-        data = json_object(body, status_code=status_code)
-        error = error_in_body(
-            data, status_code=status_code, credentials_hint=self._credentials_fix(), secrets=secrets
-        )
-        if error is not None:
-            raise error
-        return standard_token(data, default_expires_in=600.0, secrets=secrets)
-
-    def _credentials_fix(self) -> str:
+    def credentials_hint(self) -> str:
+        if self.base_url is not None:
+            return f"check clientId/clientSecret for {self._where(self.environment)}"
         return (
             f"check clientId/clientSecret: sandbox and production credentials are distinct; "
             f"confirm you use the {self.environment} ones"
         )
 
-    def _unauthorized(self, body: bytes) -> CredentialsRejected:
-        """Name which of the two documented 401 causes applies, if the body tells."""
-        secrets = self._secrets()
+    def _refusal(
+        self, status_code: int, headers: Mapping[str, str], body: bytes, secrets: list[str]
+    ) -> TokenRequestError:
+        """A 401 names which of the two documented causes applies, if the body tells."""
+        if status_code != 401:
+            return super()._refusal(status_code, headers, body, secrets)
         try:
             data: dict[str, Any] | None = json_object(body, status_code=401)
         except InvalidTokenResponse:
@@ -209,14 +183,14 @@ class NtxPayMX(Provider):
         said = safe_text("; ".join(texts), secrets)
         suffix = f" (NTX Pay said: {said!r})" if said else ""
         certificate = "certificate expired or revoked: request renewal from NTX Pay"
-        credentials = (
-            f"invalid clientId/clientSecret — sandbox and production credentials are distinct; "
-            f"confirm you use the {self.environment} ones"
-        )
+        credentials = "invalid clientId/clientSecret — " + self.credentials_hint().removeprefix(
+            "check clientId/clientSecret"
+        ).lstrip(": ")
         if any("certific" in text.lower() for text in texts):
             message, hint = certificate, f"renew the certificate in {self.client_certificate.cert_file!r}"
         elif texts:
-            message, hint = credentials, "replace the credentials with pool.replace_provider()"
+            message = credentials
+            hint = "configure valid credentials (a running pool takes them through pool.replace_provider())"
         else:
             message = f"either {credentials}, or the {certificate}"
             hint = "NTX Pay's answer does not say which"
@@ -227,7 +201,7 @@ class NtxPayMX(Provider):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class NtxPayPix(Provider):
+class NtxPayPix(DeclarativeProvider):
     """NTX Pay PIX Bacen (Brazil): ``clientId``/``clientSecret`` in JSON.
 
     ``POST {base}/oauth/token`` with ``{"clientId", "clientSecret"}``;
@@ -258,6 +232,13 @@ class NtxPayPix(Provider):
     """
 
     kind = "ntxpay_pix"
+    endpoint_path = "/oauth/token"
+    success_statuses = frozenset({200, 201})
+    default_expires_in = 3600.0
+    status_hints: ClassVar[Mapping[int, str]] = {
+        403: "the credentials were accepted but lack a permission: ask NTX Pay to grant this client the "
+        "scopes it needs (e.g. pix:read pix:write)",
+    }
 
     client_id: str
     client_secret: str | Secret
@@ -265,36 +246,14 @@ class NtxPayPix(Provider):
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     token_url: httpx.URL = field(init=False)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         require_text(self, "client_id")
         coerce_secret(self, "client_secret", min_length=8, max_length=64)
-        object.__setattr__(
-            self, "token_url", endpoint_url(self.base_url, "/oauth/token", what="NtxPayPix.base_url")
-        )
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         body = json_body({"clientId": self.client_id, "clientSecret": as_secret(self.client_secret).reveal()})
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        hint = f"check clientId/clientSecret for {self.token_url.host}"
-        secrets = self._secrets()
-        if status_code not in _SUCCESS:
-            raise error_for_status(
-                status_code,
-                headers,
-                body,
-                credentials_hint=hint,
-                secrets=secrets,
-                status_hints={
-                    403: "the credentials were accepted but lack a permission: ask NTX Pay to grant "
-                    "this client the scopes it needs (e.g. pix:read pix:write)",
-                },
-            )
-        data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
-        if error is not None:
-            raise error
-        return standard_token(data, default_expires_in=3600.0, secrets=secrets)
+    def credentials_hint(self) -> str:
+        return f"check clientId/clientSecret for {self.token_url.host}"

@@ -1,51 +1,39 @@
-"""Validation shared by every provider adapter's ``parse_response``.
+"""Reading a token endpoint's answer: a token response, or the typed error it stands for.
 
-All functions are pure and raise only :class:`~tokenpool.TokenRequestError`
-subclasses, so a parser built from them returns a ``TokenResponse`` or raises
-the library's own error for any input whatsoever (``tests/test_parse_fuzz.py``
-checks that with hypothesis).
+All functions are pure (no clock either) and raise only
+:class:`~tokenpool.TokenRequestError` subclasses, so a parser built from them
+returns a ``TokenResponse`` or raises the library's own error for any input
+whatsoever (``tests/test_parse_fuzz.py`` checks that with hypothesis).
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import email.utils
 import json
 import math
-import string
-import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
-
-from .._exceptions import (
-    ConfigurationError,
-    CredentialsRejected,
-    InvalidTokenResponse,
-    TokenEndpointError,
-    TokenRequestError,
-)
+from .._exceptions import CredentialsRejected, InvalidTokenResponse, TokenEndpointError, TokenRequestError
+from .._scrub import safe_text
 from .._token import TokenResponse
-from .._urls import require_secure_url
 
 __all__ = [
+    "CREDENTIAL_ERROR_CODES",
+    "CREDENTIAL_STATUSES",
     "MAX_EXPIRES_IN",
-    "basic_authorization",
-    "endpoint_url",
+    "MAX_TOKEN_LENGTH",
+    "RETRYABLE_STATUSES",
+    "error_fields",
     "error_for_status",
-    "json_body",
+    "error_in_body",
     "json_object",
+    "looks_like_html",
+    "parse_access_token",
     "parse_expires_in",
-    "require_header_value",
-    "require_headers",
-    "require_path_segment",
-    "retry_after_seconds",
-    "safe_text",
-    "scrub_error",
-    "secret_forms",
+    "parse_scope",
+    "parse_token_type",
+    "retry_after",
     "standard_token",
 ]
 
@@ -61,47 +49,6 @@ CREDENTIAL_STATUSES = frozenset({400, 401, 403})
 CREDENTIAL_ERROR_CODES = frozenset(
     {"invalid_client", "unauthorized_client", "invalid_grant", "access_denied", "invalid_scope"}
 )
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Remove every secret from *text* (a server might echo what it was sent).
-
-    Longer strings go first: when one secret form holds another (a Basic
-    header holds its base64 credential), replacing the shorter one first
-    would leave the rest of the longer one behind.
-    """
-    for secret in sorted({secret for secret in secrets if secret}, key=len, reverse=True):
-        text = text.replace(secret, "**********")
-    return text
-
-
-def secret_forms(secret: str) -> list[str]:
-    """*secret* as it may come back from a server: raw, form-urlencoded, JSON-escaped.
-
-    The forms are the raw text, ``urllib.parse.quote_plus`` and
-    ``quote(safe="")`` (``application/x-www-form-urlencoded`` bodies and
-    Basic credentials encoded per RFC 6749 §2.3.1), and the inside of a JSON
-    string with and without ``ensure_ascii``.  Distinct and non-empty, in that
-    order.  A form that cannot be built (a lone surrogate has no UTF-8
-    percent-encoding) is left out rather than raising.
-    """
-    forms = [secret]
-    for encode in (
-        urllib.parse.quote_plus,
-        lambda text: urllib.parse.quote(text, safe=""),
-        lambda text: json.dumps(text)[1:-1],
-        lambda text: json.dumps(text, ensure_ascii=False)[1:-1],
-    ):
-        try:
-            forms.append(encode(secret))
-        except UnicodeError:
-            continue
-    return list(dict.fromkeys(form for form in forms if form))
 
 
 def looks_like_html(body: bytes) -> bool:
@@ -229,25 +176,46 @@ def standard_token(
     )
 
 
-def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now (delta-seconds or HTTP-date), if present and sane."""
+def retry_after(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
+    """``Retry-After`` as ``(seconds, at)``: a wait in seconds, or the Unix time to wait until.
+
+    Delta-seconds give *seconds*, at most a day.  An HTTP-date gives
+    *seconds* too when the answer carries a ``Date``: the wait is the
+    difference of two instants the server wrote with one clock (RFC 9110
+    §10.2.3), so no clock is read here and skew between the server's clock
+    and ours does not matter.  Without a usable ``Date`` the HTTP-date comes
+    back as *at* (Unix seconds), which the core resolves with its own wall
+    clock.  At most one of the two is set; both are ``None`` when the header
+    is absent or unusable.
+    """
     raw = headers.get("retry-after")
     if raw is None:
-        return None
+        return None, None
     raw = raw.strip()
     # isascii() too: "²".isdigit() is True but int() refuses it.  Long digit
     # strings are capped before int(), which refuses more than 4300 digits.
     if raw.isascii() and raw.isdigit():
         digits = raw.lstrip("0") or "0"
-        return 86_400.0 if len(digits) > 5 else float(min(int(digits), 86_400))
+        return (86_400.0 if len(digits) > 5 else float(min(int(digits), 86_400))), None
+    until = _http_date(raw)
+    if until is None:
+        return None, None
+    sent = _http_date(headers.get("date"))
+    if sent is None:
+        return None, until
+    return max(0.0, until - sent), None
+
+
+def _http_date(raw: str | None) -> float | None:
+    """An HTTP-date (any form RFC 5322 parsing accepts, with a zone) as Unix seconds."""
+    if raw is None:
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(raw)
+        when = email.utils.parsedate_to_datetime(raw.strip())
+        seconds = None if when is None or when.tzinfo is None else when.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None or when.tzinfo is None:
-        return None
-    wall = time.time() if now is None else now
-    return max(0.0, when.timestamp() - wall)
+    return seconds
 
 
 def error_fields(
@@ -291,11 +259,13 @@ def error_for_status(
             message, status_code=status_code, error_code=code, hint=hint or credentials_hint
         )
     if status_code in RETRYABLE_STATUSES:
+        seconds, at = retry_after(headers) if status_code in {429, 503} else (None, None)
         return TokenEndpointError(
             "token endpoint is failing or rate-limiting" + (f": {description}" if description else ""),
             status_code=status_code,
             error_code=code,
-            retry_after=retry_after_seconds(headers) if status_code in {429, 503} else None,
+            retry_after=seconds,
+            retry_at=at,
             hint=hint,
         )
     return InvalidTokenResponse(
@@ -318,160 +288,3 @@ def error_in_body(
     if isinstance(error, str) and error in CREDENTIAL_ERROR_CODES:
         return CredentialsRejected(message, status_code=status_code, error_code=code, hint=credentials_hint)
     return InvalidTokenResponse(message, status_code=status_code, error_code=code)
-
-
-# Helpers shared by the provider adapters' request builders and parsers.
-
-#: Shortest secret that :func:`scrub_error` removes from finished messages.
-MIN_BACKSTOP_SCRUB = 8
-
-
-def safe_text(text: str, secrets: Iterable[str], limit: int = 200) -> str:
-    """Server-supplied *text* made fit for a message: secrets scrubbed first, then printable and truncated.
-
-    Scrubbing before truncating matters: a cut through the middle of an echoed
-    secret would leave a prefix that no longer matches.
-    """
-    return _printable(scrub(text, secrets), limit)
-
-
-def scrub_error(
-    error: TokenRequestError, secrets: Iterable[str], *, min_length: int = MIN_BACKSTOP_SCRUB
-) -> TokenRequestError:
-    """*error*, or a copy of it with every secret removed from its message, hint and error code.
-
-    Adapters pass every error through this on the way out, so a secret that a
-    server echoed into a field no other helper scrubs still never reaches a
-    log line.  This backstop skips strings shorter than *min_length*
-    (:data:`MIN_BACKSTOP_SCRUB` by default): those would also match our own
-    wording (a test secret ``"secret"`` would mangle the hint
-    ``client_secret=...``), and are no secret worth the name.
-    :meth:`Provider.sensitive_strings() <tokenpool.providers.Provider.sensitive_strings>`
-    applies that rule itself, so its result is passed with ``min_length=0``.
-    """
-    secrets = sorted(
-        {secret for secret in secrets if secret and len(secret) >= min_length}, key=len, reverse=True
-    )
-    texts = [text for text in (error.message, error.hint, error.error_code) if text]
-    if not any(secret in text for secret in secrets for text in texts):
-        return error
-    clean = copy.copy(error)
-    clean.message = scrub(error.message, secrets)
-    clean.hint = scrub(error.hint, secrets) if error.hint else error.hint
-    clean.error_code = scrub(error.error_code, secrets) if error.error_code else error.error_code
-    clean.args = (clean.message,)
-    return clean
-
-
-def endpoint_url(base_url: str, path: str, *, what: str) -> httpx.URL:
-    """``base_url`` with *path* appended (``https`` unless loopback; no query or fragment)."""
-    base = require_secure_url(base_url, what=what)
-    if base.query or base.fragment:
-        raise ConfigurationError(f"{what}: must not have a query or fragment")
-    return require_secure_url(str(base).rstrip("/") + path, what=what)
-
-
-def basic_authorization(user: str, password: str) -> str:
-    """An ``Authorization: Basic`` value built from the raw ``user:password`` (RFC 7617).
-
-    Raw, as curl ``-u``, Python requests ``auth=()``, axios ``auth`` and
-    Spring's ``setBasicAuth`` build it -- not form-urlencoded first as RFC 6749
-    §2.3.1 asks (that differs only when a credential holds a character such as
-    ``+``, ``%``, ``:`` or a space).  Encoded as UTF-8 (RFC 7617's ``charset``,
-    curl, Node); requests and Spring use Latin-1, which differs only for
-    non-ASCII credentials.
-    """
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-def json_body(payload: Mapping[str, str]) -> bytes:
-    """Compact JSON bytes, non-ASCII escaped (plain ASCII on the wire for any server)."""
-    return json.dumps(payload, separators=(",", ":")).encode("ascii")
-
-
-def require_path_segment(owner: object, name: str) -> None:
-    """Insist that a str setting can be one URL path segment or header token.
-
-    Non-empty, no ``/``, no whitespace or control characters, not ``.`` or
-    ``..`` (URL normalisation would remove those from the path).
-    """
-    value = getattr(owner, name)
-    label = f"{type(owner).__name__}.{name}"
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{label} must be a non-empty string")
-    if "/" in value or any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise ConfigurationError(f"{label} must not contain '/', whitespace or control characters")
-    if value in {".", ".."}:
-        raise ConfigurationError(f"{label} must not be '.' or '..'")
-
-
-#: Characters of an RFC 9110 ``token``, the syntax of a header name.
-_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
-#: Headers that httpx and the HTTP/1.1 and HTTP/2 stacks manage themselves;
-#: a value set by hand breaks the framing or is refused by h2.
-FRAMING_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-        "te",
-    }
-)
-
-
-def require_headers(owner: object, name: str, *, reserved: Iterable[str] = ()) -> None:
-    """Insist that a setting maps header names to header values, and store a plain ``dict`` copy of it.
-
-    Names must be non-empty ``str`` of RFC 9110 token characters, each given
-    once (names are case-insensitive), and none of :data:`FRAMING_HEADERS` or
-    *reserved*.  Values must be ``str`` of visible ASCII, spaces and tabs,
-    neither starting nor ending with whitespace (what h11 and h2 accept); an
-    empty value is allowed.  Errors name the setting and the header, never
-    the value, which may be an API key.
-    """
-    headers = getattr(owner, name)
-    label = f"{type(owner).__name__}.{name}"
-    if not isinstance(headers, Mapping):
-        raise ConfigurationError(
-            f"{label} must be a mapping of header names to str values, got {type(headers).__name__}"
-        )
-    refused = FRAMING_HEADERS | {header.lower() for header in reserved}
-    seen: set[str] = set()
-    for key, value in headers.items():
-        if not isinstance(key, str):
-            raise ConfigurationError(f"{label}: header names must be str, got {type(key).__name__}")
-        if not key or not set(key) <= _TOKEN_CHARACTERS:
-            raise ConfigurationError(
-                f"{label}: header name {_printable(key, 40)!r} is not a non-empty RFC 9110 token "
-                "(letters, digits and !#$%&'*+-.^_`|~)"
-            )
-        lowered = key.lower()
-        if lowered in refused:
-            raise ConfigurationError(f"{label} must not set {key!r}: tokenpool or httpx sets it")
-        if lowered in seen:
-            raise ConfigurationError(f"{label} sets {key!r} twice (header names are case-insensitive)")
-        seen.add(lowered)
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{label}[{key!r}] must be a str, got {type(value).__name__}")
-        if "\r" in value or "\n" in value:
-            raise ConfigurationError(f"{label}[{key!r}] must not contain CR or LF")
-        if not all(ch == "\t" or " " <= ch <= "~" for ch in value):
-            raise ConfigurationError(
-                f"{label}[{key!r}] must hold only visible ASCII characters, spaces and tabs"
-            )
-        if value != value.strip(" \t"):
-            raise ConfigurationError(f"{label}[{key!r}] must not start or end with whitespace")
-    object.__setattr__(owner, name, dict(headers))
-
-
-def require_header_value(owner: object, name: str) -> None:
-    """Insist that a str setting is a non-empty run of visible ASCII, safe as an HTTP header value."""
-    value = getattr(owner, name)
-    if not isinstance(value, str) or not value or not all(33 <= ord(ch) <= 126 for ch in value):
-        raise ConfigurationError(
-            f"{type(owner).__name__}.{name} must be a non-empty string of visible ASCII characters"
-        )

@@ -9,34 +9,24 @@ from typing import Any, Literal
 import httpx
 
 from .._exceptions import ConfigurationError, CredentialsRejected, InvalidTokenResponse, TokenRequestError
+from .._scrub import safe_text
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
-from .._token import TokenResponse
-from ._base import Provider, coerce_secret, require_policy, require_text
-from ._parse import (
-    CREDENTIAL_ERROR_CODES,
-    CREDENTIAL_STATUSES,
-    endpoint_url,
-    error_fields,
-    error_for_status,
-    json_body,
-    json_object,
-    require_header_value,
-    safe_text,
-    standard_token,
-)
+from ._base import DeclarativeProvider
+from ._parse import CREDENTIAL_ERROR_CODES, CREDENTIAL_STATUSES, error_fields, json_object
+from ._settings import coerce_secret, require_header_value, require_text
+from ._wire import json_body
 
 __all__ = ["PayMe"]
 
 PayMeEnvironment = Literal["preproduction", "production"]
 
-#: Token endpoints, as documented.
-PAYME_TOKEN_URLS: Mapping[str, str] = {
-    "preproduction": "https://auth.preprod.alignet.io/token",
-    "production": "https://auth.alignet.io/token",
+#: Token endpoints are ``{base}/token``, as documented.
+PAYME_BASE_URLS: Mapping[str, str] = {
+    "preproduction": "https://auth.preprod.alignet.io",
+    "production": "https://auth.alignet.io",
 }
 
-_SUCCESS = frozenset({200, 201})
 #: ``authorization.meta.status.code`` of a successful answer.
 _STATUS_OK = "00"
 #: Fragments of an error code that mean "your credentials were refused".
@@ -73,7 +63,7 @@ def _looks_like_auth(code: str | None) -> bool:
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class PayMe(Provider):
+class PayMe(DeclarativeProvider):
     """Pay-me by Alignet: ``client_credentials`` in a JSON body with ``action`` and ``audience``.
 
     ``POST`` to the environment's ``/token`` with ``ALG-API-VERSION`` and
@@ -120,6 +110,9 @@ class PayMe(Provider):
     """
 
     kind = "payme"
+    base_urls = PAYME_BASE_URLS
+    endpoint_path = "/token"
+    success_statuses = frozenset({200, 201})
 
     client_id: str
     client_secret: str | Secret
@@ -131,7 +124,7 @@ class PayMe(Provider):
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     token_url: httpx.URL = field(init=False)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         require_text(self, "client_id")
         coerce_secret(self, "client_secret")
         require_text(self, "audience")
@@ -139,16 +132,6 @@ class PayMe(Provider):
         if "create:token" not in self.scope.split():
             raise ConfigurationError("PayMe.scope must include 'create:token' (Pay-me requires it)")
         require_header_value(self, "api_version")
-        if self.environment not in PAYME_TOKEN_URLS:
-            raise ConfigurationError(
-                f"PayMe.environment must be one of {sorted(PAYME_TOKEN_URLS)}, got {self.environment!r}"
-            )
-        if self.base_url is None:
-            url = endpoint_url(PAYME_TOKEN_URLS[self.environment], "", what="PayMe token URL")
-        else:
-            url = endpoint_url(self.base_url, "/token", what="PayMe.base_url")
-        object.__setattr__(self, "token_url", url)
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         body = json_body(
@@ -168,45 +151,45 @@ class PayMe(Provider):
         }
         return httpx.Request("POST", self.token_url, content=body, headers=headers)
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        hint = (
-            f"check client_id/client_secret, audience and scope for the Pay-me {self.environment} environment"
+    def credentials_hint(self) -> str:
+        return (
+            "check client_id/client_secret, audience and scope for "
+            f"{self._where(f'the Pay-me {self.environment} environment')}"
         )
-        secrets = self._secrets()
-        if status_code not in _SUCCESS and status_code not in CREDENTIAL_STATUSES:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
-        try:
-            data = json_object(body, status_code=status_code)
-        except InvalidTokenResponse:
-            if status_code in CREDENTIAL_STATUSES:
-                raise error_for_status(
-                    status_code, headers, body, credentials_hint=hint, secrets=secrets
-                ) from None
-            raise
-        failure = self._failure(data, status_code, hint)
-        if failure is not None:
-            raise failure
+
+    def _refusal(
+        self, status_code: int, headers: Mapping[str, str], body: bytes, secrets: list[str]
+    ) -> TokenRequestError:
+        # A refused client gets Pay-me's own answer shape, which tells more than the status.
+        if status_code in CREDENTIAL_STATUSES:
+            try:
+                data = json_object(body, status_code=status_code)
+            except InvalidTokenResponse:
+                pass
+            else:
+                return self._failure(data, status_code, secrets)
+        return super()._refusal(status_code, headers, body, secrets)
+
+    def _answer_error(
+        self, data: Mapping[str, Any], status_code: int, secrets: list[str]
+    ) -> TokenRequestError | None:
+        status = _meta_status(data)
+        code = status.get("code") if status else None
+        if data.get("success") is not True or (code is not None and code != _STATUS_OK) or data.get("error"):
+            return self._failure(data, status_code, secrets)
         if data.get("expires_in") is None:
-            raise InvalidTokenResponse(
+            return InvalidTokenResponse(
                 "Pay-me answered without 'expires_in'",
                 status_code=status_code,
                 hint="Pay-me documents no default lifetime, and tokenpool does not guess one",
             )
-        return standard_token(data, default_expires_in=None, secrets=secrets)
+        return None
 
-    def _failure(self, data: Mapping[str, Any], status_code: int, hint: str) -> TokenRequestError | None:
-        """The error a decoded answer stands for, or ``None`` if it carries a token."""
+    def _failure(self, data: Mapping[str, Any], status_code: int, secrets: list[str]) -> TokenRequestError:
+        """The error a decoded answer that carries no token stands for."""
         status = _meta_status(data)
         code = status.get("code") if status else None
         success = data.get("success")
-        if (
-            status_code in _SUCCESS
-            and success is True
-            and (code is None or code == _STATUS_OK)
-            and not data.get("error")
-        ):
-            return None
-        secrets = self._secrets()
         rfc_code, rfc_description = error_fields(data, secrets)
         meta_code = safe_text(str(code), secrets, 64) if isinstance(code, str | int) else None
         meta_said = safe_text(" / ".join(_messages(status)), secrets) or None
@@ -225,7 +208,9 @@ class PayMe(Provider):
             reason = "Pay-me refused the request"
         message = reason + (f": {said}" if said else "")
         if status_code in CREDENTIAL_STATUSES or _looks_like_auth(shown_code) or _looks_like_auth(rfc_code):
-            return CredentialsRejected(message, status_code=status_code, error_code=shown_code, hint=hint)
+            return CredentialsRejected(
+                message, status_code=status_code, error_code=shown_code, hint=self.credentials_hint()
+            )
         return InvalidTokenResponse(message, status_code=status_code, error_code=shown_code)
 
     def api_headers(self) -> Mapping[str, str]:

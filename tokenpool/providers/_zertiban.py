@@ -11,18 +11,9 @@ import httpx
 from .._exceptions import ConfigurationError
 from .._secret import Secret, as_secret
 from .._timing import RefreshPolicy
-from .._token import TokenResponse
-from ._base import Provider, coerce_secret, require_policy, require_text
-from ._parse import (
-    basic_authorization,
-    endpoint_url,
-    error_for_status,
-    error_in_body,
-    json_object,
-    require_header_value,
-    require_path_segment,
-    standard_token,
-)
+from ._base import DeclarativeProvider
+from ._settings import coerce_secret, require_header_value, require_path_segment, require_text
+from ._wire import basic_authorization
 
 __all__ = ["Zertiban"]
 
@@ -36,7 +27,7 @@ ZERTIBAN_BASE_URLS: Mapping[str, str] = {
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class Zertiban(Provider):
+class Zertiban(DeclarativeProvider):
     """Zertiban: ``grant_type=client_credentials`` with the credentials in HTTP Basic.
 
     ``POST {base}/idp/oauth2/token`` with the form body
@@ -75,6 +66,9 @@ class Zertiban(Provider):
     """
 
     kind = "zertiban"
+    base_urls = ZERTIBAN_BASE_URLS
+    endpoint_path = "/idp/oauth2/token"
+    default_expires_in = 300.0
 
     client_id: str
     client_secret: str | Secret
@@ -84,22 +78,13 @@ class Zertiban(Provider):
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     token_url: httpx.URL = field(init=False)
 
-    def __post_init__(self) -> None:
+    def _check_settings(self) -> None:
         require_text(self, "client_id")
         if ":" in self.client_id:
             raise ConfigurationError("Zertiban.client_id must not contain ':' (HTTP Basic splits there)")
         coerce_secret(self, "client_secret")
         require_path_segment(self, "business_uuid")
         require_header_value(self, "business_uuid")
-        if self.environment not in ZERTIBAN_BASE_URLS:
-            raise ConfigurationError(
-                f"Zertiban.environment must be one of {sorted(ZERTIBAN_BASE_URLS)}, got {self.environment!r}"
-            )
-        base = ZERTIBAN_BASE_URLS[self.environment] if self.base_url is None else self.base_url
-        object.__setattr__(
-            self, "token_url", endpoint_url(base, "/idp/oauth2/token", what="Zertiban.base_url")
-        )
-        require_policy(self)
 
     def build_request(self) -> httpx.Request:
         headers = {
@@ -115,16 +100,9 @@ class Zertiban(Provider):
         """The raw ``clientId:clientSecret`` in HTTP Basic, as curl ``-u`` builds it."""
         return basic_authorization(self.client_id, as_secret(self.client_secret).reveal())
 
-    def _parse(self, status_code: int, headers: Mapping[str, str], body: bytes) -> TokenResponse:
-        hint = f"check clientId/clientSecret for the Zertiban {self.environment} environment"
-        secrets = self._secrets()
-        if status_code != 200:
-            raise error_for_status(status_code, headers, body, credentials_hint=hint, secrets=secrets)
-        data = json_object(body, status_code=status_code)
-        error = error_in_body(data, status_code=status_code, credentials_hint=hint, secrets=secrets)
-        if error is not None:
-            raise error
-        return standard_token(data, default_expires_in=300.0, secrets=secrets)
+    def credentials_hint(self) -> str:
+        where = self._where(f"the Zertiban {self.environment} environment")
+        return f"check clientId/clientSecret for {where}"
 
     def api_headers(self) -> Mapping[str, str]:
         return {"x-tenant-id": self.business_uuid}

@@ -1,5 +1,5 @@
 """``python -m tokenpool.testing``: run the loopback provider emulator (see ``--help``)."""
 
-from ._server import main
+from ._server import emulator_main
 
-raise SystemExit(main())
+raise SystemExit(emulator_main())

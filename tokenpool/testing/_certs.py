@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._extras import require_extra
+
 __all__ = ["CertificateFiles", "generate_certificates"]
 
 #: The loopback names the server certificate is valid for.
@@ -69,7 +71,8 @@ def generate_certificates(directory: str | os.PathLike[str]) -> CertificateFiles
     Returns:
         The paths of the files written.
     """
-    import trustme  # optional dependency (the "testing" extra), only needed here
+    with require_extra("testing", feature="tokenpool.testing.generate_certificates"):
+        import trustme
 
     target = Path(directory)
     if not target.is_dir():

@@ -31,26 +31,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from .._extras import require_extra
 from ._app import EmulatorApp, EmulatorSettings
 from ._certs import CertificateFiles, generate_certificates
-from ._constants import LISTENERS, PROVIDERS
+from ._constants import LISTENERS
+from ._providers import default_clients
+from ._ready import describe, paths_help
+from ._state import ENV_FILE, StateDirectory
 
-__all__ = ["build_parser", "describe", "main"]
-
-_TOKEN_PATHS = {
-    "ntxmx": "/api/auth/token",
-    "ntxpix": "/oauth/token",
-    "payme": "/token",
-    "zertiban": "/idp/oauth2/token",
-    "navro": "/authentication/{company}/token",
-    "generic": "/oauth/token",
-}
+__all__ = ["build_parser", "emulator_main"]
 
 
 def build_parser(prog: str = "python -m tokenpool.testing") -> argparse.ArgumentParser:
     """The command line of ``python -m tokenpool.testing`` (also ``tokenpool emulator``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Run tokenpool's loopback emulator of the NTX Pay MX, NTX Pay PIX, Pay-me, Zertiban and Navro "
             "token endpoints (plus a generic RFC 6749 one) with bearer-protected resource endpoints, "
@@ -60,9 +56,17 @@ def build_parser(prog: str = "python -m tokenpool.testing") -> argparse.Argument
             "or Ctrl-C."
         ),
         epilog=(
-            "Admin API (JSON, on every listener): GET /_admin/ lists it; GET /_admin/stats, "
-            "POST /_admin/faults, /_admin/clear-faults, /_admin/revoke, /_admin/rotate-secret, "
-            "/_admin/lifetime, /_admin/lifetime-scale, /_admin/revoke-on-issue, /_admin/reset."
+            "Paths (the same on every listener; base URL = listener URL + /PROVIDER):\n"
+            f"{paths_help()}\n"
+            "  A resource call needs a bearer token the emulator issued and that is still valid by\n"
+            "  its clock (else 401 invalid_token), plus the provider's headers (x-tenant-id for\n"
+            "  Zertiban, X-API-Version for Navro, ALG-API-VERSION for Pay-me).\n\n"
+            "Admin API (JSON, on every listener): GET /_admin/ lists it; GET /_admin/stats,\n"
+            "POST /_admin/faults, /_admin/clear-faults, /_admin/revoke, /_admin/rotate-secret,\n"
+            "/_admin/lifetime, /_admin/lifetime-scale, /_admin/revoke-on-issue, /_admin/reset.\n\n"
+            "Across restarts: --state-dir DIR keeps the certificates and credentials, and writes\n"
+            f"DIR/{ENV_FILE} for a static config such as examples/tokenpool.toml:\n"
+            f"  set -a; . DIR/{ENV_FILE}; set +a; tokenpool check examples/tokenpool.toml"
         ),
     )
     parser.add_argument(
@@ -89,8 +93,14 @@ def build_parser(prog: str = "python -m tokenpool.testing") -> argparse.Argument
     parser.add_argument(
         "--cert-dir",
         metavar="D",
-        help="existing directory for the generated test CA, server and client certificates "
+        help="directory for the test CA, server and client certificates, made afresh on every start "
         "(default: a temporary directory removed on exit)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep certificates (DIR/certs) and credentials (DIR/credentials.json) across restarts, and "
+        f"write DIR/{ENV_FILE} (the values a static config refers to); created if missing",
     )
     parser.add_argument(
         "--loop",
@@ -158,51 +168,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def describe(
-    app: EmulatorApp, host: str, ports: dict[str, int], certs: CertificateFiles, *, lifetime_scale: float
-) -> dict[str, Any]:
-    """The ready document printed as one JSON line."""
-    netloc = f"[{host}]" if ":" in host else host
-    bases = {
-        "http": f"http://{netloc}:{ports['http']}",
-        "https": f"https://{netloc}:{ports['https']}",
-        "mtls": f"https://{netloc}:{ports['mtls']}",
-    }
-    credentials = {name: app.credentials(name) for name in PROVIDERS}
-    token_paths = dict(_TOKEN_PATHS)
-    token_paths["navro"] = token_paths["navro"].format(company=credentials["navro"]["company"])
-    return {
-        "emulator": "tokenpool",
-        "version": 1,
-        "pid": os.getpid(),
-        "host": host,
-        "ports": ports,
-        "listeners": bases,
-        "urls": {
-            name: {listener: f"{bases[listener]}/{name}" for listener in LISTENERS} for name in PROVIDERS
-        },
-        "token_paths": token_paths,
-        "admin_url": f"{bases['http']}/_admin",
-        "lifetime_scale": lifetime_scale,
-        "expires_in": {name: app.expires_in(name) for name in PROVIDERS},
-        "cert_dir": certs.directory,
-        "ca_file": certs.ca_file,
-        "server_cert_file": certs.server_cert_file,
-        "client_cert": {"cert_file": certs.client_cert_file, "key_file": certs.client_key_file},
-        "revoked_client_cert": {
-            "cert_file": certs.revoked_client_cert_file,
-            "key_file": certs.revoked_client_key_file,
-        },
-        "expired_client_cert": {
-            "cert_file": certs.expired_client_cert_file,
-            "key_file": certs.expired_client_key_file,
-        },
-        "credentials": credentials,
-    }
-
-
 def _hypercorn_config(fd: int, certs: CertificateFiles | None, *, mtls: bool = False) -> Any:
-    from hypercorn.config import Config  # optional dependency: only the server needs it
+    with require_extra("testing", feature="the tokenpool emulator"):  # only the server needs it
+        from hypercorn.config import Config
 
     config = Config()
     # The socket is already bound and listening; hypercorn adopts it by descriptor.
@@ -233,7 +201,8 @@ async def _serve(
     info: dict[str, Any],
     args: argparse.Namespace,
 ) -> None:
-    from hypercorn.asyncio import serve  # optional dependency: only the server needs it
+    with require_extra("testing", feature="the tokenpool emulator"):
+        from hypercorn.asyncio import serve
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -330,7 +299,7 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     return factory
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m tokenpool.testing") -> int:
+def emulator_main(argv: Sequence[str] | None = None, *, prog: str = "python -m tokenpool.testing") -> int:
     """Run the emulator until SIGTERM/SIGINT; returns the exit status.
 
     Args:
@@ -339,16 +308,40 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m tokenpool.
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    try:
+        with require_extra("testing", feature=prog):
+            import hypercorn  # noqa: F401 - the server and the certificate maker, checked up front
+            import trustme  # noqa: F401
+    except ModuleNotFoundError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     host = _loopback(args.host)
     if host is None:
         parser.error(f"--host {args.host!r} is not a loopback address; the emulator only listens on loopback")
+    if args.state_dir is not None and args.cert_dir is not None:
+        parser.error(
+            "--state-dir keeps its certificates in DIR/certs: give --state-dir or --cert-dir, not both"
+        )
     with contextlib.ExitStack() as stack:
-        cert_dir = args.cert_dir
-        if cert_dir is None:
-            cert_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenpool-emulator-"))
-        elif not os.path.isdir(cert_dir):
-            parser.error(f"--cert-dir {cert_dir!r} is not an existing directory")
-        certs = generate_certificates(cert_dir)
+        state: StateDirectory | None = None
+        clients = None
+        if args.state_dir is not None:
+            try:
+                state = StateDirectory(args.state_dir)
+                certs = state.certificates()
+                clients = state.clients(default_clients())
+            except (ValueError, OSError) as exc:
+                parser.error(f"--state-dir: {exc}")
+        else:
+            cert_dir = args.cert_dir
+            if cert_dir is None:
+                cert_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tokenpool-emulator-"))
+            else:
+                try:
+                    os.makedirs(cert_dir, exist_ok=True)
+                except OSError as exc:
+                    parser.error(f"--cert-dir {cert_dir!r}: {exc.strerror or exc}")
+            certs = generate_certificates(cert_dir)
         listeners: dict[str, socket.socket] = {}
         try:
             for listener, port in zip(
@@ -363,11 +356,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m tokenpool.
         ports = {listener: sock.getsockname()[1] for listener, sock in listeners.items()}
         settings = EmulatorSettings(
             lifetime_scale=args.lifetime_scale,
+            clients=clients,
             trusted_ca_pem=Path(certs.ca_file).read_bytes(),
             revoked_cert_pems=(Path(certs.revoked_client_cert_file).read_bytes(),),
         )
         app = EmulatorApp(settings)
         info = describe(app, host, ports, certs, lifetime_scale=args.lifetime_scale)
+        if state is not None:
+            info["state_dir"] = str(state.path)
+            info["env_file"] = str(state.write_env(info))
         try:
             with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
                 runner.run(_serve(app, listeners, certs, info, args))
