@@ -11,7 +11,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "types", "tests", "tests_without_extras"]
+nox.options.sessions = ["lint", "types", "tests", "tests_without_extras", "docs"]
 
 #: The tests of the core (pool, cells, timing, metrics, logs, public API) that need no
 #: optional extra: no emulator (hypercorn, trustme), no trio, no Redis, no Celery.
@@ -36,14 +36,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    session.install("-e", ".[dev,bench]")
+    session.install("-e", ".[dev,bench,docs]")
     session.run("mypy")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The README's test command, with every extra (servers such as redis-server come from .ci/run)."""
-    session.install("-e", ".[dev,bench]")
+    session.install("-e", ".[dev,bench,docs]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -54,3 +54,10 @@ def tests_without_extras(session: nox.Session) -> None:
     session.run("python", "-c", "import tokenpool, tokenpool.fleet, tokenpool.testing, tokenpool.metrics")
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *CORE_TESTS, *session.posargs)
 
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: every page, link, anchor and API page must resolve (``--strict``)."""
+    session.install("-e", ".[docs]")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
