@@ -1,6 +1,6 @@
 """The one 401 flow (refresh once, replay once) and its drivers, against the real emulator on loopback.
 
-The flow itself is sans-IO (``tokenpool._auth.unauthorized_flow``), so its
+The flow itself is sans-IO (``tokenpool._auth_flow.unauthorized_flow``), so its
 decisions are checked step by step first; the rest drives it through
 ``TokenPool.auth()`` (httpx.AsyncClient, asyncio and trio) and
 ``BlockingTokenPool.auth()`` (httpx.Client) against the emulator, whose

@@ -226,7 +226,7 @@ class RequestsAuth(AuthBase):
     """Bearer header and provider headers on a requests call, one replay after a 401.
 
     The 401 flow is the one ``pool.auth()`` runs for httpx
-    (``tokenpool._auth.unauthorized_flow``): the rejected token is
+    (``tokenpool._auth_flow.unauthorized_flow``): the rejected token is
     invalidated, the request is replayed once with a new token, and a second
     401 is returned as it is.  A generator or iterator body is recorded while
     it is sent (up to ``MAX_REPLAY_BODY_BYTES``, 1 MiB) and replayed from that

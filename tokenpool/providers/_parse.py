@@ -3,7 +3,7 @@
 All functions are pure (no clock either) and raise only
 :class:`~tokenpool.TokenRequestError` subclasses, so a parser built from them
 returns a ``TokenResponse`` or raises the library's own error for any input
-whatsoever (``tests/test_parse_fuzz.py`` checks that with hypothesis).
+whatsoever (``tests/providers/test_parse_fuzz.py`` checks that with hypothesis).
 """
 
 from __future__ import annotations
