@@ -115,8 +115,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def configure_logging(json_lines: bool) -> None:
-    """An application configures structlog; the library never does."""
-    renderer: Any = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    """An application configures structlog; the library never does.
+
+    Colours only on a terminal: redirected to a file or a pipe, the console lines stay plain text.
+    """
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=_isatty(sys.stdout))
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -125,6 +132,13 @@ def configure_logging(json_lines: bool) -> None:
         ],
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
     )
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 async def pay(

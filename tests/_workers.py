@@ -30,6 +30,8 @@ from tokenpool.testing import EmulatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
+#: The documented examples; on a worker's ``PYTHONPATH`` when a test app imports one.
+EXAMPLES = REPO / "examples"
 
 #: ``expires_in`` the emulator gives ``generic`` tokens in these tests (seconds).
 LIFETIME = 3
@@ -291,6 +293,16 @@ def celery_worker_argv(*, queue: str, pool: str, concurrency: int) -> list[str]:
         "--without-mingle",
         "--without-heartbeat",
     )
+
+
+def celery_app_worker_argv(
+    app: str, *, loglevel: str, queue: str, pool: str = "prefork", concurrency: int = 2
+) -> list[str]:
+    """:func:`celery_worker_argv` for the app of module *app* (in ``tests/apps``), at *loglevel*."""
+    argv = celery_worker_argv(queue=queue, pool=pool, concurrency=concurrency)
+    argv[argv.index("-A") + 1] = app
+    argv[argv.index("--loglevel") + 1] = loglevel
+    return argv
 
 
 def run_celery_tasks(

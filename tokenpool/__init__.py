@@ -9,6 +9,7 @@ from . import providers
 from ._auth import SyncTokenAuth, TokenAuth
 from ._blocking import BlockingTokenPool
 from ._clock import Clock, MonotonicClock
+from ._config import Config, load_config
 from ._exceptions import (
     AdapterError,
     ConfigurationError,
@@ -40,6 +41,7 @@ __all__ = [
     "BlockingTokenPool",
     "CellStatistics",
     "Clock",
+    "Config",
     "ConfigurationError",
     "CredentialsRejected",
     "ForkedPoolError",
@@ -66,6 +68,7 @@ __all__ = [
     "TokenWaitTimeout",
     "UnknownProviderError",
     "__version__",
+    "load_config",
     "providers",
 ]
 

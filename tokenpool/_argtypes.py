@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
-__all__ = ["non_negative_number", "positive_int", "positive_number"]
+__all__ = ["non_negative_number", "positive_int", "positive_number", "writable_file"]
 
 
 def positive_int(text: str) -> int:
@@ -39,3 +40,16 @@ def non_negative_number(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be 0 or a positive finite number, got {text!r}")
     return value
+
+
+def writable_file(text: str) -> str:
+    """A file the command can write when it finishes: checked now, so that a long run is not lost."""
+    path = os.path.abspath(os.path.expanduser(text))
+    parent = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no such directory: {parent!r}")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} (permission denied)")
+    return text

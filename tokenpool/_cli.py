@@ -20,7 +20,7 @@ tokenpool keeps a valid OAuth2 client-credentials token ready for every worker
 process and every payment provider.
 
 commands:
-  demo       run a small fleet against the built-in loopback emulator and report 401s
+  demo       run a small fleet through a revocation and an outage on the loopback emulator
   check      fetch one token per provider in a TOML config and print a table
   emulator   run the loopback provider emulator (for your own tests)
 """
@@ -33,18 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenpool {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from .loadtest import TOKEN_WAIT_BOUND, add_demo_arguments
+
     demo = commands.add_parser(
         "demo",
         help="run a fleet of worker processes against the loopback emulator",
         description=(
-            "Start the loopback emulator of all five providers, run WORKERS processes × TASKS "
+            "Start the loopback emulator of all five providers and run WORKERS processes x TASKS "
             "concurrent tasks per provider calling each provider's protected API through "
-            "pool.auth() with lifetimes compressed so every token is renewed many times, "
-            "then print a summary. Exits 1 if any call failed with 401."
+            "pool.auth(), with short token lifetimes. Mid-run every token is revoked, then every "
+            "token endpoint answers 503 for a moment (--calm: no faults). Exits 0 only if no call "
+            "ended with 401 or failed, every provider was called and every token renewed in every "
+            f"worker, and no call waited more than {TOKEN_WAIT_BOUND * 1000:.0f} ms for its token "
+            "after warm-up."
         ),
     )
-    from .loadtest import add_demo_arguments
-
     add_demo_arguments(demo)
 
     check = commands.add_parser(

@@ -88,14 +88,37 @@ def provider_types() -> dict[str, type[Provider]]:
 
 @dataclass(frozen=True)
 class Config:
-    """A parsed configuration: provider adapters and pool options."""
+    """A configuration file, read and checked: the providers and the :class:`~tokenpool.TokenPool` options.
+
+    Build a pool from it with ``TokenPool(config.providers, **config.pool_options)``
+    (or ``BlockingTokenPool``), adding or overriding options as keywords.
+
+    Attributes:
+        providers: Name → provider adapter, in the file's order.
+        pool_options: The ``[pool]`` table as keyword arguments (``store`` is a
+            built :class:`~tokenpool.fleet.RedisStore` when ``[pool.store]`` is given).
+    """
 
     providers: Mapping[str, Provider]
     pool_options: Mapping[str, Any]
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML file (see the module docstring for the format)."""
+    """Read and check a TOML configuration file (the format: ``docs/configuration.md``).
+
+    A blocking file read: call it before the event loop runs, or through
+    ``anyio.to_thread.run_sync`` inside it.
+
+    Args:
+        path: The file; relative certificate and CA paths in it are resolved
+            against its directory.
+        environ: Where ``${NAME}`` references are looked up (default: ``os.environ``).
+
+    Raises:
+        ConfigurationError: the file is missing or unreadable, not TOML, or a
+            value is wrong: one line naming the file, the table and the key,
+            never a secret's value.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")

@@ -117,6 +117,8 @@ def test_a_certificate_path_of_the_wrong_type_is_a_one_line_error(tmp_path: Path
         ("demo", "--max-lifetime", "-3"),
         ("demo", "--max-lifetime", "nan"),
         ("demo", "--tasks", "many"),
+        ("demo", "--json", "/nonexistent-directory/results.json"),
+        ("demo", "--json", "/"),
         ("demo", "--providers", "paypal"),
         ("emulator", "--host", "0.0.0.0"),  # noqa: S104 - the point: a non-loopback address is refused
         ("emulator", "--lifetime-scale", "inf"),

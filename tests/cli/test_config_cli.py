@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from _workers import run_check
 
-from tokenpool import ConfigurationError, RefreshPolicy
-from tokenpool._config import load_config, parse_config
+from tokenpool import ConfigurationError, RefreshPolicy, load_config
+from tokenpool._config import parse_config
 from tokenpool.providers import ClientCredentials, Navro, NtxPayMX, Zertiban
 from tokenpool.testing import EmulatorProcess
 

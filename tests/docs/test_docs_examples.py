@@ -58,6 +58,14 @@ EXAMPLES_RUN: Mapping[str, Example] = {
         expect=("both pools hold the same token: True", "token requests at the provider: 1"),
     ),
     "celery_payouts.py": Example(needs=("hypercorn", "celery"), expect=("task results: [200, 200, 200]",)),
+    "celery_logging.py": Example(
+        needs=("hypercorn", "celery"),
+        expect=(
+            "INFO/MainProcess] pool.opened [tokenpool] integration=celery",
+            "INFO/MainProcess] token.refresh.success [tokenpool] duration=",
+            "task results: [200, 200, 200]",
+        ),
+    ),
     "arq_payouts.py": Example(needs=("hypercorn", "arq"), expect=("job results: [200, 200, 200]",)),
     "pytest_emulator.py": Example(
         argv=("-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/pytest_emulator.py"),

@@ -21,8 +21,7 @@ from _redis import RedisServer, redis_server
 from _workers import run_check
 from prometheus_client import CollectorRegistry
 
-from tokenpool import ConfigurationError, TokenPool
-from tokenpool._config import load_config
+from tokenpool import ConfigurationError, TokenPool, load_config
 from tokenpool.fleet import RedisStore
 from tokenpool.providers import ClientCredentials
 from tokenpool.testing import EmulatorProcess

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pytest
 from _workers import REPO, Worker, ideal_token_requests
@@ -46,3 +48,29 @@ def test_payout_worker_renews_tokens_and_stops_cleanly_on_sigterm() -> None:
     assert summary["server_401s"] == 0
     assert summary["token_requests"] == len(worker.output.events("token.refresh.start"))
     assert 3 <= summary["token_requests"] <= ideal + 2
+
+
+def test_console_logs_redirected_to_a_pipe_carry_no_colour_codes() -> None:
+    argv = [sys.executable, str(EXAMPLE), "--lifetime-scale", "0.005", "--concurrency", "2"]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:  # the worker logs steadily, so this loop is bounded by the deadline
+            lines.append(line)
+            if "worker.ready" in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        lines.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines)
+    assert "worker.ready" in output
+    assert "worker.stopped" in output
+    assert "\x1b[" not in output

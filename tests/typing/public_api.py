@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 import tokenpool
 from tokenpool import (
     BlockingTokenPool,
+    Config,
     CredentialsRejected,
     PoolStatistics,
     RefreshPolicy,
@@ -29,6 +30,7 @@ from tokenpool import (
     TokenRequestError,
     TokenResponse,
     TokenSource,
+    load_config,
 )
 from tokenpool.fleet import RedisStore
 from tokenpool.providers import ClientCredentials, Navro, Provider, Zertiban
@@ -76,6 +78,13 @@ async def fleet() -> None:
     store = RedisStore("rediss://payouts@redis.internal:6380/0", password="from-the-environment")
     async with TokenPool(providers(), store=store, metrics_label="name") as pool:
         await pool.token("acme")
+
+
+def from_a_file() -> None:
+    config = load_config("tokenpool.toml")
+    assert_type(config, Config)
+    with BlockingTokenPool(config.providers, **config.pool_options) as pool:
+        assert_type(pool.token("payouts"), Token)
 
 
 def celery_like_thread() -> None:

@@ -54,6 +54,19 @@ environment that *starts* the worker (set it before the first import of
 ``prometheus_client``; tokenpool never sets it).  This module then drops each
 child's live gauges when the child exits (``mark_process_dead``); serve the
 totals with :func:`tokenpool.metrics.start_http_server` in any one process.
+
+Logging: as long as your application has not called ``structlog.configure``,
+tokenpool's events (``pool.opened``, ``token.refresh.success``...) go to the
+standard library's ``tokenpool`` logger at their own level, and so to the
+handler ``celery worker`` puts on the root logger, filtered by its
+``--loglevel``: ``[...: INFO/ForkPoolWorker-1] token.refresh.success
+provider=acme ...``, with no debug events at ``--loglevel INFO``.  An
+application that uses structlog should route it through the standard library
+from Celery's ``after_setup_logger`` signal.  Otherwise structlog's default
+logger prints to the children's standard output, which Celery logs line by
+line at ``WARNING``, whatever the event's level, debug events included.  The recipe is
+``examples/celery_logging.py``, explained in ``docs/integrations.md``
+("Logging under Celery").
 """
 
 from __future__ import annotations

@@ -76,6 +76,14 @@ modules, private and one idea each:
   actions, in the parent).
 - ``_progress``: :class:`ProgressPrinter`.
 - ``_run``: :func:`run_fleet`.
+- ``_text``: :class:`Text` (a stream's width, and ASCII where its encoding
+  cannot show ``…``), plurals.
+- ``_faults``: the demo's faults (a mass revocation, then an outage of every
+  token endpoint), timed to the lifetimes, and what they did.
+- ``_verdict``: :func:`build_report`, the demo's verdict and its criteria
+  (:data:`TOKEN_WAIT_BOUND`).
+- ``_summary``: :func:`render_summary`, the demo's summary as lines that fit
+  the width.
 - ``_demo``: ``tokenpool demo`` (:func:`add_demo_arguments`, :func:`run_demo`).
 
 ``import tokenpool`` does not import this package.
@@ -93,10 +101,14 @@ from ._results import FleetResult, GroupResult, WorkerResult
 from ._run import run_fleet
 from ._settings import ALL_PROVIDERS, FIVE_PROVIDERS, FleetSettings, ProviderSpec, StrategySpec
 from ._strategy import AuthStrategy
+from ._summary import render_summary
+from ._text import Text
+from ._verdict import TOKEN_WAIT_BOUND, build_report
 
 __all__ = [
     "ALL_PROVIDERS",
     "FIVE_PROVIDERS",
+    "TOKEN_WAIT_BOUND",
     "Action",
     "AuthStrategy",
     "FleetController",
@@ -107,15 +119,18 @@ __all__ = [
     "ProgressPrinter",
     "ProviderSpec",
     "StrategySpec",
+    "Text",
     "TokenPoolStrategy",
     "WorkerResult",
     "add_demo_arguments",
     "build_provider",
+    "build_report",
     "emulator_providers",
     "emulator_specs",
     "ideal_requests",
     "make_client",
     "make_ssl_context",
+    "render_summary",
     "run_demo",
     "run_fleet",
 ]

@@ -1,12 +1,19 @@
-"""``tokenpool demo``: a small fleet against the loopback emulator, and a summary anyone can check.
+"""``tokenpool demo``: a small fleet against the loopback emulator, under faults, and a checkable verdict.
 
 It starts the emulator (``python -m tokenpool.testing``) with token lifetimes
 compressed, runs W worker processes × C tasks per provider through
-``pool.auth(name)`` for a while, and prints per provider: calls, 401s, token
-requests per worker against the ideal ``⌈T / (r·L)⌉``, hit ratio and token
-wait.  The emulator rejects expired tokens by its own clock, so a single
-token served too late would show up as a 401.  Exit status: 0 when every call
-succeeded, 1 on any 401 or lost call, 130 when interrupted.
+``pool.auth(name)`` for a while and, unless ``--calm``, revokes every token
+at 40 % of the run and takes every token endpoint down (503) over the
+renewals that follow (``_faults``).  The emulator rejects expired and revoked
+tokens by its own clock, so a single token served too late, or a revoked one
+not replaced, would show up as a 401.
+
+It prints per provider: calls, 401s, calls replayed after a 401, failures,
+tokens per cell against the ideal ``⌈T / (r·L)⌉`` and the token wait; what
+the faults did; and the verdict (``_verdict``: the exact criteria).  Exit
+status: 0 on PASS, 1 on FAIL, 130 when interrupted.  Everything goes to
+standard output, fitted to its width; a pipe gets a plain progress line every
+5 s instead of a live one, and an encoding that cannot show ``…`` gets ASCII.
 """
 
 from __future__ import annotations
@@ -14,17 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .._argtypes import non_negative_number, positive_int, positive_number
+from .._argtypes import non_negative_number, positive_int, positive_number, writable_file
 from ._emulator import emulator_specs
+from ._faults import DEMO_POLICY, FaultPlan, fault_actions, plan_faults
 from ._progress import ProgressPrinter
-from ._results import FleetResult
 from ._run import run_fleet
 from ._settings import ALL_PROVIDERS, FIVE_PROVIDERS, FleetSettings
+from ._summary import render_summary
+from ._text import Text, plural
+from ._verdict import build_report
 
 __all__ = ["add_demo_arguments", "run_demo"]
 
@@ -38,9 +49,14 @@ def _providers(text: str) -> tuple[str, ...]:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``tokenpool demo``'s options to *parser*."""
+    """Add ``tokenpool demo``'s options to *parser* (help texts in ASCII: any terminal shows them)."""
     parser.add_argument(
-        "--workers", type=positive_int, default=3, metavar="W", help="worker processes (default 3)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="W",
+        help="worker processes (default 3, or the number of CPUs if fewer; more than the machine "
+        "has CPUs, and the waits measure the CPU queue: the demo warns)",
     )
     parser.add_argument(
         "--tasks",
@@ -53,20 +69,28 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration", type=positive_number, default=30.0, metavar="S", help="seconds of load (default 30)"
     )
     parser.add_argument(
+        "--calm",
+        action="store_true",
+        help="no faults: without it every token is revoked at 40%% of the run, and every token "
+        "endpoint answers 503 for up to 2 s over the renewals that follow",
+    )
+    parser.add_argument(
         "--lifetime-scale",
         type=positive_number,
-        default=0.01,
+        default=None,
         metavar="X",
-        help="multiply every documented token lifetime by X (default 0.01: 300 s → 3 s, 600 s → 6 s, "
-        "3600 s → 36 s, 8600 s → 86 s)",
+        help="multiply every documented token lifetime by X (default with --calm 0.01: 300 s -> 3 s, "
+        "600 s -> 6 s, 3600 s -> 36 s, 8600 s -> 86 s; default otherwise 1, so that every lifetime "
+        "is --max-lifetime's)",
     )
     parser.add_argument(
         "--max-lifetime",
         type=non_negative_number,
         default=None,
         metavar="S",
-        help="cap every lifetime at S seconds so each provider is renewed several times during the run "
-        "(default: a quarter of --duration, at least 2; 0 disables the cap)",
+        help="cap every lifetime at S seconds so each token is renewed during the run (default with "
+        "--calm: a quarter of --duration, at least 2; otherwise 40%% of --duration, where the "
+        "faults fit; 0 disables the cap)",
     )
     parser.add_argument(
         "--tenants",
@@ -90,23 +114,49 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="FIFO bound on each worker's in-flight HTTP requests; the other tasks queue in order "
         "(default 8; without a bound httpcore's pool, not tokenpool, becomes the bottleneck)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON to PATH")
+    parser.add_argument(
+        "--json",
+        type=writable_file,
+        metavar="PATH",
+        help="also write the full results as JSON to PATH (checked before the run starts)",
+    )
     parser.add_argument("--http1", action="store_true", help="resource calls over HTTP/1.1 instead of HTTP/2")
     parser.add_argument(
         "--plain-http",
         action="store_true",
         help="talk to the emulator over plain HTTP (loopback only) instead of HTTPS and mutual TLS",
     )
-    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    parser.add_argument("--quiet", action="store_true", help="no progress line (the summary only)")
 
 
-def default_max_lifetime(duration: float) -> float:
-    """The lifetime cap that renews every token at least three times in *duration* seconds."""
-    return max(2.0, math.floor(duration / 4.0))
+def default_max_lifetime(duration: float, *, calm: bool = True) -> float:
+    """The default lifetime cap for a run of *duration* seconds.
+
+    Calm: renews every token at least three times.  With the faults: 40 % of
+    the run, so that each cell renews once before the revocation (at 40 %)
+    and once more during the outage, and the outage can be long enough to see.
+    """
+    if calm:
+        return max(2.0, math.floor(duration / 4.0))
+    return max(2.0, math.floor(0.4 * duration))
+
+
+#: Worker processes by default, when the machine has as many CPUs.
+DEFAULT_WORKERS = 3
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo described by *args*; returns the exit status."""
+    if args.workers is None:
+        args.workers = min(DEFAULT_WORKERS, available_cpus())
     try:
         from ..testing import EmulatorProcess
     except ImportError as exc:  # pragma: no cover - the testing extra is missing
@@ -115,19 +165,20 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    out = sys.stdout
+    text = Text(sys.stdout)
+    calm = bool(getattr(args, "calm", False))
     duration = float(args.duration)
-    cap = default_max_lifetime(duration) if args.max_lifetime is None else float(args.max_lifetime)
+    scale = (0.01 if calm else 1.0) if args.lifetime_scale is None else float(args.lifetime_scale)
+    cap = default_max_lifetime(duration, calm=calm) if args.max_lifetime is None else float(args.max_lifetime)
     tls = not args.plain_http
-    print(
-        f"tokenpool demo: starting the loopback emulator (lifetime scale {args.lifetime_scale:g}"
+    cpus = available_cpus()
+    text.say(
+        f"tokenpool demo: starting the loopback emulator (lifetime scale {scale:g}"
         + (f", lifetimes capped at {cap:g} s" if cap > 0 else "")
-        + ")…",
-        file=out,
-        flush=True,
+        + ")…"
     )
     started = time.monotonic()
-    with EmulatorProcess(lifetime_scale=args.lifetime_scale) as emu:
+    with EmulatorProcess(lifetime_scale=scale) as emu:
         lifetimes: dict[str, int] = {}
         for provider in args.providers:
             current = int(emu.stats(events=False)["providers"][provider]["expires_in"])
@@ -143,197 +194,69 @@ def run_demo(args: argparse.Namespace) -> int:
             max_in_flight=args.max_in_flight,
             http2=not args.http1,
             ca_file=emu.ca_file if tls else None,
+            policy=DEMO_POLICY,
         )
-        print(
-            f"running {args.workers} worker processes × {args.tasks} tasks per provider × "
-            f"{len(args.providers)} providers ({len(specs)} token cells per worker) for {duration:g} s; "
-            "lifetimes: " + ", ".join(f"{p} {s} s" for p, s in lifetimes.items()),
-            file=out,
-            flush=True,
+        text.say(
+            f"running {plural(args.workers, 'worker process', 'worker processes')} × {args.tasks} tasks "
+            f"per provider × {plural(len(args.providers), 'provider')} "
+            f"({plural(len(specs), 'token cell')} per worker) for {duration:g} s; lifetimes: "
+            + ", ".join(f"{p} {s} s" for p, s in lifetimes.items())
         )
-        progress = None if args.quiet else ProgressPrinter("demo", duration)
-        result = run_fleet(settings, progress=progress)
+        granted = {p: float(s) for p, s in lifetimes.items()}
+        plan = None if calm else plan_faults(duration, granted, DEMO_POLICY)
+        _say_plan(text, plan)
+        _warn(text, args.workers, cpus, duration, lifetimes)
+        progress = None if args.quiet else ProgressPrinter("demo", duration, sys.stdout)
+        note = progress.note if progress is not None else (lambda line: None)
+        actions = [] if plan is None else fault_actions(plan, emu, args.providers, note)
+        result = run_fleet(settings, actions=actions, progress=progress)
         server: dict[str, Any] = {}
         if not result.interrupted and emu.running:
             # On Ctrl-C the emulator got the signal too and is already gone.
             server = emu.stats(events=False)
     report = build_report(result, server, lifetimes)
     report["wall_seconds"] = round(time.monotonic() - started, 3)
-    print_summary(report, result, out)
+    report["calm"] = calm
+    report["no_outage"] = None if plan is None else plan.no_outage
+    report["backoff"] = f"{DEMO_POLICY.backoff_base:g}–{DEMO_POLICY.backoff_cap:g} s"
+    report["cpus"] = cpus
+    report["oversubscribed"] = {"workers": args.workers, "cpus": cpus} if args.workers > cpus else None
+    text.write(*render_summary(report, text))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {args.json}", file=out)
+        text.say(f"results written to {args.json}")
     if result.interrupted:
         print("tokenpool demo: interrupted", file=sys.stderr)
         return 130
     return 0 if report["passed"] else 1
 
 
-def build_report(result: FleetResult, server: dict[str, Any], lifetimes: dict[str, int]) -> dict[str, Any]:
-    """The demo's JSON: the fleet's own figures, the emulator's counters, and the verdict."""
-    data = result.to_json()
-    providers = data["providers"]
-    server_providers = server.get("providers", {})
-    for name, figures in providers.items():
-        figures["lifetime_s"] = lifetimes.get(name)
-        seen = server_providers.get(name, {})
-        figures["emulator"] = {
-            "token_requests": seen.get("token_requests"),
-            "resource_calls": seen.get("resource_calls"),
-            "resource_ok": seen.get("resource_ok"),
-            "resource_401": sum((seen.get("resource_401") or {}).values()),
-            "token_failures": seen.get("token_failures"),
-        }
-        per_worker = figures["token_requests_per_worker"]
-        figures["min_token_requests_per_worker"] = min((w["token_requests"] for w in per_worker), default=0)
-    total = data["total"]
-    problems: list[str] = []
-    if total["unauthorized"]:
-        problems.append(f"{total['unauthorized']} calls failed with 401")
-    if data["lost_calls"]:
-        problems.append(f"{data['lost_calls']} calls did not succeed")
-    if data["errors"]:
-        problems.extend(data["errors"])
-    if data["missing_workers"]:
-        problems.append(f"no result from workers {data['missing_workers']}")
-    if total["calls"] == 0:
-        problems.append("no calls were made")
-    data["problems"] = problems
-    data["passed"] = not problems and not result.interrupted
-    return data
-
-
-def _ms(value: float) -> str:
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 1:
-        return f"{value:.1f}"
-    return f"{value:.3f}"
-
-
-def _workers_cell(rows: list[dict[str, Any]]) -> str:
-    return "/".join(str(r["token_requests"]) for r in rows)
-
-
-def _ideal_cell(rows: list[dict[str, Any]]) -> str:
-    ideals = sorted({int(r["ideal"]) for r in rows})
-    return "/".join(str(i) for i in ideals)
-
-
-def print_summary(report: dict[str, Any], result: FleetResult, out: TextIO) -> None:
-    """The human-readable summary table."""
-    settings = report["settings"]
-    header = (
-        "provider",
-        "lifetime",
-        "cells",
-        "calls",
-        "calls/s",
-        "401s",
-        "failed",
-        "token req/worker",
-        "ideal",
-        "hit ratio",
-        "wait p50 ms",
-        "wait p99 ms",
-        "latency p50 ms",
+def _say_plan(text: Text, plan: FaultPlan | None) -> None:
+    if plan is None:
+        text.say("faults: none (--calm)")
+        return
+    outage = (
+        f"; ~{plan.outage_after:g} s later, over the renewals of the new tokens, every token endpoint "
+        f"answers 503 for {plan.outage_for:g} s"
+        if plan.outage_after is not None
+        else f"; no outage: {plan.no_outage}"
     )
-    rows: list[tuple[str, ...]] = []
-    for name, g in report["providers"].items():
-        per_worker = g["token_requests_per_worker"]
-        cells = g["cells"] // max(1, len(per_worker))
-        hit = g["hit_ratio"]
-        rows.append(
-            (
-                name,
-                f"{g['lifetime_s']} s" if g.get("lifetime_s") is not None else "?",
-                str(cells),
-                f"{g['calls']:,}",
-                f"{g['calls_per_s']:,.0f}",
-                f"{g['unauthorized']}" + (f" (+{g['recovered_401']} retried)" if g["recovered_401"] else ""),
-                str(g["failed"]),
-                _workers_cell(per_worker),
-                _ideal_cell(per_worker),
-                "-" if hit is None else f"{hit:.4f}",
-                _ms(g["token_wait"]["p50_ms"]),
-                _ms(g["token_wait"]["p99_ms"]),
-                _ms(g["latency"]["p50_ms"]),
-            )
-        )
-    t = report["total"]
-    rows.append(
-        (
-            "total",
-            "",
-            "",
-            f"{t['calls']:,}",
-            f"{t['calls_per_s']:,.0f}",
-            str(t["unauthorized"]) + (f" (+{t['recovered_401']} retried)" if t["recovered_401"] else ""),
-            str(t["failed"]),
-            str(t["token_requests"]),
-            str(t["ideal_token_requests"]),
-            "-" if t["hit_ratio"] is None else f"{t['hit_ratio']:.4f}",
-            _ms(t["token_wait"]["p50_ms"]),
-            _ms(t["token_wait"]["p99_ms"]),
-            _ms(t["latency"]["p50_ms"]),
-        )
-    )
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    text.say(f"faults: at {plan.revoke_at:g} s every token is revoked at the emulator{outage}", indent="  ")
 
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
 
-    print("", file=out)
-    print(
-        f"tokenpool demo — {settings['workers']} workers × {settings['tasks_per_provider']} tasks per "
-        f"provider, {report['duration_s']:.1f} s of load, HTTP/{'2' if settings['http2'] else '1.1'}"
-        f"{' over TLS' if settings['tls'] else ' (plain)'}, ≤ {settings['max_in_flight_per_worker']} "
-        f"requests in flight per worker, refresh at r = {settings['refresh_ratio']:g} of the lifetime",
-        file=out,
-    )
-    print("", file=out)
-    print(line(header), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for row in rows[:-1]:
-        print(line(row), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    print(line(rows[-1]), file=out)
-    print("", file=out)
-    resends = int(t.get("goaway_resends") or 0)
-    if resends:
-        print(
-            f"{resends} calls were sent a second time after the emulator's graceful HTTP/2 GOAWAY (it closes "
-            "a connection after 1,000 requests; refused streams were never processed).",
-            file=out,
+def _warn(text: Text, workers: int, cpus: int, duration: float, lifetimes: dict[str, int]) -> None:
+    if workers > cpus:
+        text.say(
+            f"warning: {plural(workers, 'worker process', 'worker processes')} on "
+            f"{plural(cpus, 'CPU')} (and the emulator needs one too): the processes take turns on the "
+            "CPUs, so the token waits and latencies below measure that queue, not the pool. For "
+            f"figures about tokenpool, run with --workers {cpus} or fewer. The verdict is the same.",
+            indent="  ",
         )
-    emulator_401 = sum(int(g["emulator"]["resource_401"] or 0) for g in report["providers"].values())
-    emulator_tokens = sum(int(g["emulator"]["token_requests"] or 0) for g in report["providers"].values())
-    emulator_calls = sum(int(g["emulator"]["resource_calls"] or 0) for g in report["providers"].values())
-    print(
-        "token req/worker: one number per worker; ideal = ⌈T / (r·L)⌉ for T = each worker's time with a "
-        "pool open. token wait = time in `await pool.token(name)` before each call.",
-        file=out,
-    )
-    if not result.interrupted:
-        print(
-            f"The emulator's own counters: {emulator_calls:,} resource calls, {emulator_401} rejected "
-            f"with 401 (expired, revoked or unknown token by the server's clock), "
-            f"{emulator_tokens} token requests.",
-            file=out,
+    late = [p for p, s in lifetimes.items() if DEMO_POLICY.refresh_delay(float(s), 0.0) > duration]
+    if late:
+        text.say(
+            f"warning: {', '.join(late)} tokens are due for renewal only after the run ends: "
+            "PASS needs a renewal of every token (lower --max-lifetime or raise --duration).",
+            indent="  ",
         )
-    if result.interrupted:
-        print(
-            "INTERRUPTED: partial results of the calls made before Ctrl-C (the emulator stops too).", file=out
-        )
-    elif report["passed"]:
-        low = min((g["min_token_requests_per_worker"] for g in report["providers"].values()), default=0)
-        print(
-            f"PASS: {t['calls']:,} calls, 0 failed with 401, 0 lost; every worker renewed every provider's "
-            f"token at least {max(0, low - 1)} times; token wait p99 {_ms(t['token_wait']['p99_ms'])} ms, "
-            f"max {_ms(t['token_wait']['max_ms'])} ms.",
-            file=out,
-        )
-    else:
-        print("FAIL: " + "; ".join(report["problems"]), file=out)

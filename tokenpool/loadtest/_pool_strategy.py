@@ -58,6 +58,8 @@ class _CountingLogger:
             reason = fields.get("reason")
             if reason is not None:
                 self.errors[f"{group}:{reason}"] += 1
+        elif event == "token.invalidated" and isinstance(provider, str):
+            self._strategy.count_invalidation(provider)
         elif event == "token.refresh.credentials_rejected":
             group = self._strategy.group_of.get(str(provider), str(provider))
             self.errors[f"{group}:credentials_rejected"] += 1
@@ -157,6 +159,9 @@ class TokenPoolStrategy(AuthStrategy):
         if self.pool is None:
             return super().token_requests()
         return {name: cell.token_requests for name, cell in self.pool.statistics().cells.items()}
+
+    def has_token(self, name: str) -> bool:
+        return self.pool is not None and self.pool.usable_token(name) is not None
 
     def schedule(self) -> dict[str, float]:
         if self.pool is None:

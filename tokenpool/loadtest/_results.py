@@ -23,7 +23,11 @@ class GroupResult:
     #: Calls sent again after the server's graceful HTTP/2 GOAWAY had refused their stream.
     goaway_resends: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    #: Time in the strategy's token step (``await pool.token(name)``) before each call.
     token_wait: Histogram = field(default_factory=Histogram)
+    #: The same, for the calls that started once the worker held a token for their cell (the
+    #: warm-up is everything before: with ``warm_up="wait"`` the pool fetched it before the load).
+    token_wait_after_warm_up: Histogram = field(default_factory=Histogram)
     latency: Histogram = field(default_factory=Histogram)
     overhead: Histogram = field(default_factory=Histogram)
     refresh_latency: Histogram = field(default_factory=Histogram)
@@ -33,7 +37,7 @@ class GroupResult:
     failed_at: list[float] = field(default_factory=list)
     #: Offsets of token requests.
     token_requests_at: list[float] = field(default_factory=list)
-    #: Per (worker, cell): token requests, ideal, hits, misses.
+    #: Per (worker, cell): token requests, tokens fetched, renewals, ideal, hits, misses.
     cells: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -69,6 +73,7 @@ class GroupResult:
         self.goaway_resends += other.goaway_resends
         self.failures.update(other.failures)
         self.token_wait.merge(other.token_wait)
+        self.token_wait_after_warm_up.merge(other.token_wait_after_warm_up)
         self.latency.merge(other.latency)
         self.overhead.merge(other.overhead)
         self.refresh_latency.merge(other.refresh_latency)
@@ -146,6 +151,10 @@ class FleetResult:
                 rows.append((worker.index, g.token_requests, g.ideal))
         return rows
 
+    def calls_per_worker(self, group: str) -> dict[int, int]:
+        """Calls of *group* made by each worker that sent a result (0: the group made none there)."""
+        return {w.index: (w.groups[group].calls if group in w.groups else 0) for w in self.workers}
+
     def to_json(self) -> dict[str, Any]:
         groups = self.groups
         out: dict[str, Any] = {
@@ -157,9 +166,10 @@ class FleetResult:
             "killed_workers": self.killed_workers,
             "errors": self.errors,
             "providers": {
-                name: _group_json(g, self.duration, self.per_worker(name)) for name, g in groups.items()
+                name: _group_json(g, self.duration, self.per_worker(name), self.calls_per_worker(name))
+                for name, g in groups.items()
             },
-            "total": _group_json(self.total, self.duration, []),
+            "total": _group_json(self.total, self.duration, [], {}),
             "lost_calls": self.lost_calls,
             "events": _sum_counters(w.events for w in self.workers),
             "control": [c for w in self.workers for c in w.control],
@@ -189,7 +199,9 @@ def _sum_counters(items: Iterator[dict[str, int]] | Sequence[dict[str, int]]) ->
     return dict(sorted(total.items()))
 
 
-def _group_json(g: GroupResult, duration: float, per_worker: list[tuple[int, int, int]]) -> dict[str, Any]:
+def _group_json(
+    g: GroupResult, duration: float, per_worker: list[tuple[int, int, int]], calls: dict[int, int]
+) -> dict[str, Any]:
     hit_ratio = g.hit_ratio
     return {
         "calls": g.calls,
@@ -203,11 +215,13 @@ def _group_json(g: GroupResult, duration: float, per_worker: list[tuple[int, int
         "token_requests": g.token_requests,
         "ideal_token_requests": g.ideal,
         "token_requests_per_worker": [
-            {"worker": w, "token_requests": n, "ideal": i} for w, n, i in per_worker
+            {"worker": w, "token_requests": n, "ideal": i, "calls": calls.get(w, 0)} for w, n, i in per_worker
         ],
+        "tokens": sum(int(c.get("tokens") or 0) for c in g.cells),
         "cells": len(g.cells),
         "hit_ratio": None if hit_ratio is None else round(hit_ratio, 6),
         "token_wait": g.token_wait.summary(),
+        "token_wait_after_warm_up": g.token_wait_after_warm_up.summary(),
         "latency": g.latency.summary(),
         "auth_overhead": g.overhead.summary(),
         "refresh_latency": g.refresh_latency.summary(),

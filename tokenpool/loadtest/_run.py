@@ -45,7 +45,7 @@ def run_fleet(
     results: dict[int, WorkerResult] = {}
     controller = FleetController(conns, procs)
     interrupted = False
-    started = time.monotonic()
+    completed = False
 
     def finished() -> bool:
         # A worker killed on purpose is done once it is gone (its result, if it
@@ -120,6 +120,7 @@ def run_fleet(
                         strategy=settings.strategy.label,
                         error=f"worker exited with code {worker.exitcode} without a result",
                     )
+        completed = True
     except KeyboardInterrupt:
         interrupted = True
         for index, conn in conns.items():
@@ -131,10 +132,10 @@ def run_fleet(
         with contextlib.suppress(KeyboardInterrupt):
             while not finished() and time.monotonic() < limit:
                 _pump(conns, results, controller, None)
+        completed = True
     finally:
-        if progress is not None:
-            progress.render(time.monotonic() - (controller.started or started), force=True)
-            progress.finish()
+        if progress is not None and not completed:
+            progress.finish()  # an error: end the line before the traceback
         for worker in procs.values():
             worker.join(timeout=5.0)
         for worker in procs.values():
@@ -155,7 +156,7 @@ def run_fleet(
         if i not in results
     ]
     load = max((w.load_seconds for w in workers), default=0.0)
-    return FleetResult(
+    result = FleetResult(
         strategy=settings.strategy.label,
         settings=_settings_json(settings),
         workers=workers,
@@ -167,6 +168,10 @@ def run_fleet(
         notes=controller.notes,
         replies={str(k): v for k, v in controller.replies.items()},
     )
+    if progress is not None:
+        # The last line shows the merged results, so it agrees with any summary of them.
+        progress.finish(result)
+    return result
 
 
 @contextlib.contextmanager

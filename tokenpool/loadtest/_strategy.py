@@ -43,9 +43,14 @@ class AuthStrategy(abc.ABC):
         self.token_success_times: dict[str, list[float]] = defaultdict(list)
         #: Token endpoint round trips, per group.
         self.refresh_latency: dict[str, Histogram] = defaultdict(Histogram)
+        #: Tokens dropped because the API refused them with 401, per cell (each one is replaced).
+        self.token_invalidations: dict[str, int] = defaultdict(int)
 
     def count_token_request(self, name: str) -> None:
         self.token_request_times[name].append(time.monotonic())
+
+    def count_invalidation(self, name: str) -> None:
+        self.token_invalidations[name] += 1
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -68,6 +73,10 @@ class AuthStrategy(abc.ABC):
     def token_requests(self) -> dict[str, int]:
         """Token requests sent per cell so far."""
         return {name: len(times) for name, times in self.token_request_times.items()}
+
+    def has_token(self, name: str) -> bool:
+        """Whether cell *name* holds a usable token now (``False``: its next call waits for one)."""
+        return False
 
     def schedule(self) -> dict[str, float]:
         """When each cell will next renew its token (monotonic instants), if the strategy knows."""

@@ -37,6 +37,7 @@ class _Live:
     unauthorized: int = 0
     recovered: int = 0
     failed: int = 0
+    #: The longest token wait of a call after warm-up (see ``GroupResult.token_wait_after_warm_up``).
     wait_max: float = 0.0
 
 
@@ -80,6 +81,8 @@ class _Worker:
         self.start = 0.0
         self.deadline = 0.0
         self.baseline: dict[str, dict[str, Any]] = {}
+        #: Cells this worker already holds (or held) a token for: their calls are past the warm-up.
+        self.warm: set[str] = set()
 
     async def run(self) -> None:
         settings = self.settings
@@ -104,6 +107,7 @@ class _Worker:
             self.deadline = self.start + settings.duration
             # Hits and misses of the warm-up are not the load's.
             self.baseline = strategy.cell_info()
+            self.warm = {spec.name for spec in settings.specs if strategy.has_token(spec.name)}
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._control_loop, strategy)
                 outer.start_soon(self._progress_loop, strategy)
@@ -190,11 +194,16 @@ class _Worker:
                 failure: str | None = None
                 response: httpx.Response | None = None
                 try:
+                    warm = name in self.warm
                     await strategy.token_wait(name)
                     waited = perf() - started
                     stats.token_wait.add(waited)
-                    if waited > live.wait_max:
-                        live.wait_max = waited
+                    if warm:
+                        stats.token_wait_after_warm_up.add(waited)
+                        if waited > live.wait_max:
+                            live.wait_max = waited
+                    else:
+                        self.warm.add(name)
                     sent = perf()
                     try:
                         response = await strategy.call(name, url)
@@ -262,11 +271,18 @@ class _Worker:
                     lifetimes = [(opened, spec.lifetime)]
                 first = min((sent for sent, _ in lifetimes), default=opened)
                 ratio = float(cell.get("ratio", ratio_default))
+                tokens = len(strategy.token_success_times.get(spec.name, []))
+                replaced = int(strategy.token_invalidations.get(spec.name, 0))
                 stats.cells.append(
                     {
                         "worker": self.index,
                         "cell": spec.name,
                         "token_requests": int(requests.get(spec.name, 0)),
+                        # Tokens that arrived: the first, the renewals ahead of expiry, and the
+                        # replacements of tokens the API refused with 401 (``replaced``).
+                        "tokens": tokens,
+                        "replaced": replaced,
+                        "renewals": max(0, tokens - 1 - replaced) if tokens else None,
                         "ideal": ideal_requests(lifetimes, min(first, opened), ended, ratio),
                         # What the ideal was computed from, as offsets from the start of the
                         # load, so that a fleet-wide ideal can be computed over every worker.
