@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import os
-import ssl
 from typing import Any, ClassVar
 
 import applog
+import emulator_env
 import fleet_options
 import httpx
 from arq.connections import RedisSettings
 
-from tokenpool import Secret
 from tokenpool.contrib.arq import PoolHooks, client, get_pool
-from tokenpool.providers import ClientCredentials, Provider
 
 applog.configure()
 
 
-def providers() -> dict[str, Provider]:
-    return {
-        "generic": ClientCredentials(
-            token_url=httpx.URL(os.environ["TOKENPOOL_TEST_TOKEN_URL"]),
-            client_id=os.environ["TOKENPOOL_TEST_CLIENT_ID"],
-            client_secret=Secret(os.environ["TOKENPOOL_TEST_CLIENT_SECRET"]),
-        )
-    }
-
-
 def make_client(name: str, auth: httpx.Auth) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        auth=auth,
-        base_url=os.environ["TOKENPOOL_TEST_API_URL"],
-        verify=ssl.create_default_context(cafile=os.environ["TOKENPOOL_TEST_CA_FILE"]),
-        timeout=10.0,
-    )
+    return httpx.AsyncClient(auth=auth, **emulator_env.client_options())
 
 
 config = fleet_options.config_file()
@@ -42,7 +25,7 @@ if config is not None:  # providers, [pool] and [pool.store] from a TOML file
     hooks = PoolHooks(config=config, client_factory=make_client)
 else:
     hooks = PoolHooks(
-        providers,
+        emulator_env.providers,
         client_factory=make_client,
         ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"],
         **fleet_options.store_options(),

@@ -7,17 +7,15 @@ the providers factory reads the secret in each worker process.
 from __future__ import annotations
 
 import os
-import ssl
 from typing import Any
 
 import applog
+import emulator_env
 import fleet_options
 import httpx
 from celery import Celery, signals
 
-from tokenpool import Secret
 from tokenpool.contrib import celery as tokenpool_celery
-from tokenpool.providers import ClientCredentials, Provider
 
 applog.configure()
 
@@ -33,23 +31,8 @@ app.conf.update(
 )
 
 
-def providers() -> dict[str, Provider]:
-    return {
-        "generic": ClientCredentials(
-            token_url=httpx.URL(os.environ["TOKENPOOL_TEST_TOKEN_URL"]),
-            client_id=os.environ["TOKENPOOL_TEST_CLIENT_ID"],
-            client_secret=Secret(os.environ["TOKENPOOL_TEST_CLIENT_SECRET"]),
-        )
-    }
-
-
 def make_client(name: str, auth: httpx.Auth) -> httpx.Client:
-    return httpx.Client(
-        auth=auth,
-        base_url=os.environ["TOKENPOOL_TEST_API_URL"],
-        verify=ssl.create_default_context(cafile=os.environ["TOKENPOOL_TEST_CA_FILE"]),
-        timeout=10.0,
-    )
+    return httpx.Client(auth=auth, **emulator_env.client_options())
 
 
 config = fleet_options.config_file()
@@ -58,7 +41,7 @@ if config is not None:  # providers, [pool] and [pool.store] from a TOML file
 else:
     tokenpool_celery.install(
         app,
-        providers,
+        emulator_env.providers,
         client_factory=make_client,
         ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"],
         **fleet_options.store_options(),

@@ -12,15 +12,13 @@ tokenpool's events take their default road, the standard library's
 from __future__ import annotations
 
 import os
-import ssl
 
+import emulator_env
 import fleet_options
 import httpx
 from celery import Celery
 
-from tokenpool import Secret
 from tokenpool.contrib import celery as tokenpool_celery
-from tokenpool.providers import ClientCredentials, Provider
 
 BROKER_URL = os.environ["TOKENPOOL_TEST_REDIS_URL"]
 
@@ -28,27 +26,12 @@ app = Celery("celery_plain_app", broker=BROKER_URL, backend=BROKER_URL)
 app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
 
 
-def providers() -> dict[str, Provider]:
-    return {
-        "generic": ClientCredentials(
-            token_url=httpx.URL(os.environ["TOKENPOOL_TEST_TOKEN_URL"]),
-            client_id=os.environ["TOKENPOOL_TEST_CLIENT_ID"],
-            client_secret=Secret(os.environ["TOKENPOOL_TEST_CLIENT_SECRET"]),
-        )
-    }
-
-
 def make_client(name: str, auth: httpx.Auth) -> httpx.Client:
-    return httpx.Client(
-        auth=auth,
-        base_url=os.environ["TOKENPOOL_TEST_API_URL"],
-        verify=ssl.create_default_context(cafile=os.environ["TOKENPOOL_TEST_CA_FILE"]),
-        timeout=10.0,
-    )
+    return httpx.Client(auth=auth, **emulator_env.client_options())
 
 
 tokenpool_celery.install(
-    app, providers, client_factory=make_client, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"]
+    app, emulator_env.providers, client_factory=make_client, ca_file=os.environ["TOKENPOOL_TEST_CA_FILE"]
 )
 
 
